@@ -1,0 +1,118 @@
+"""Prompts that ask a model to write its independent steps as titled branches.
+
+The engine detects the paper's format (Yu et al., 2025)::
+
+    ####<title 1>:<step 1>####<title 2>:<step 2>####%%%%<conclusion>
+
+and decodes the steps of such a list in parallel. These are plain strings,
+with no framework imports: the LangChain ``ChatPromptTemplate`` versions are
+in `pbd_integrations.langchain.prompts`, and the LlamaIndex adapter builds its
+own templates from the same strings.
+
+Every template is a system prompt; `format_branch_prompt` fills its
+placeholders (``{items}``, ``{options}``, ``{questions}``, ``{criteria}``).
+"""
+
+from __future__ import annotations
+
+import string
+
+PARALLEL_SYSTEM_PROMPT = (
+    "You are a helpful assistant. When you need to handle multiple parallel independent steps, "
+    "do not number them: prefix each step with '####', then the step's title, then a colon ':', "
+    "then the step itself. After all steps output '####%%%%' and then the conclusion.\n"
+    "Example:\n"
+    "####Step A: <work for step A>\n"
+    "####Step B: <work for step B>\n"
+    "####%%%%\n"
+    "<conclusion that uses the steps>"
+)
+"""The paper's instruction: independent steps as ``####title:`` branches, closed by ``####%%%%``."""
+
+CHECK_EACH_ITEM = (
+    PARALLEL_SYSTEM_PROMPT
+    + "\n\nTask: check each of these items on its own: {items}. "
+    "Write one step per item, titled with the item's name, and check only that item in it. "
+    "In the conclusion, list which items pass and which fail."
+)
+"""Check every item of a list independently, then summarise ({items})."""
+
+COMPARE_OPTIONS = (
+    PARALLEL_SYSTEM_PROMPT
+    + "\n\nTask: compare these options: {options}. "
+    "Write one step per option, titled with the option's name, describing that option against: {criteria}. "
+    "In the conclusion, say which option is best and why."
+)
+"""Assess each option on its own, then recommend one ({options}, {criteria})."""
+
+SUB_QUESTIONS = (
+    PARALLEL_SYSTEM_PROMPT
+    + "\n\nTask: answer each of these sub-questions in its own step, titled with the sub-question: "
+    "{questions}. In the conclusion, combine the answers into one answer."
+)
+"""Answer independent sub-questions, then combine them ({questions})."""
+
+PLAIN_REASONING = (
+    PARALLEL_SYSTEM_PROMPT
+    + "\n\nThink about which parts of the problem do not depend on each other and "
+    "work on them as separate steps. If the problem has no independent parts, just answer it."
+)
+"""General reasoning: let the model decide whether there are independent steps."""
+
+TEMPLATES: dict[str, str] = {
+    "parallel": PARALLEL_SYSTEM_PROMPT,
+    "check_each_item": CHECK_EACH_ITEM,
+    "compare_options": COMPARE_OPTIONS,
+    "sub_questions": SUB_QUESTIONS,
+    "plain_reasoning": PLAIN_REASONING,
+}
+"""Every template by name."""
+
+
+def template_variables(kind: str) -> list[str]:
+    """The placeholder names that template ``kind`` needs, in order of appearance."""
+    template = _template(kind)
+    names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    return list(dict.fromkeys(names))
+
+
+def format_branch_prompt(kind: str, **variables: object) -> str:
+    """Fill template ``kind`` with ``variables``.
+
+    List values are joined with ``"; "`` so ``items=["a", "b"]`` reads naturally.
+    A missing or unknown variable raises `ValueError` naming the expected ones.
+
+    >>> format_branch_prompt("check_each_item", items=["eggs", "milk"])[-70:]
+    'Write one step per item, ...'  # doctest: +SKIP
+    """
+    template = _template(kind)
+    expected = set(template_variables(kind))
+    missing = sorted(expected - set(variables))
+    unknown = sorted(set(variables) - expected)
+    if missing or unknown:
+        msg = (
+            f"template {kind!r} takes variables {sorted(expected)}; "
+            f"missing {missing}, unexpected {unknown}"
+        )
+        raise ValueError(msg)
+    values = {name: _as_text(value) for name, value in variables.items()}
+    # str.format would choke on the literal braces a caller might put in values; the
+    # templates themselves contain no other braces, so a plain replace is exact.
+    text = template
+    for name, value in values.items():
+        text = text.replace("{" + name + "}", value)
+    return text
+
+
+def _template(kind: str) -> str:
+    try:
+        return TEMPLATES[kind]
+    except KeyError:
+        msg = f"unknown prompt template {kind!r}; known: {sorted(TEMPLATES)}"
+        raise ValueError(msg) from None
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return "; ".join(str(v) for v in value)
+    return str(value)
