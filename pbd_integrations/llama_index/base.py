@@ -1,0 +1,390 @@
+"""`ParallelBranchLLM`: the parallel-branch decoder as a LlamaIndex `FunctionCallingLLM`.
+
+    >>> from pbd_integrations import ParallelBranchLLM
+    >>> llm = ParallelBranchLLM(max_new_tokens=128)  # instant: weights load on first use
+    >>> llm.complete("Compare tea and coffee.", branches=["Tea", "Coffee"]).text  # doctest: +SKIP
+
+One code path: every call renders the conversation, validates the decoding
+options, then turns the engine's event stream into cumulative chunks
+(`convert.ResponseStream`). ``chat`` is the last chunk of that stream; the
+async methods run the same decode in a worker thread and hand its events to
+the event loop through an `asyncio.Queue`, so the loop stays free while the
+model computes. ``complete*`` are delegations to ``chat*``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Literal, Optional, Sequence, Union
+
+from llama_index.core.base.llms.generic_utils import (
+    achat_to_completion_decorator,
+    astream_chat_to_completion_decorator,
+    chat_to_completion_decorator,
+    stream_chat_to_completion_decorator,
+)
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_serializer, model_validator
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+
+from pbd_core import DecodeOptions, RawPrompt, StreamEvent
+
+from ..registry import get_decoder
+from ..tool_calls import fold_tool_messages, inject_system_text, template_supports_tools, tool_prompt
+from .convert import ResponseStream, to_engine_messages, tool_selections
+
+if TYPE_CHECKING:
+    from llama_index.core.tools.types import BaseTool
+
+    from pbd_core import ParallelBranchDecoder
+
+_DECODING_FIELDS = (
+    "branches",
+    "max_new_tokens",
+    "max_branch_tokens",
+    "max_branches",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "merge",
+    "parallel",
+)
+_TOOL_KWARGS = ("tools", "tool_required", "tool_choice")
+
+
+class ParallelBranchLLM(FunctionCallingLLM):
+    """A local transformers model that decodes independent steps in parallel.
+
+    The fields are the engine's decoding options (`pbd_core.DecodeOptions`);
+    any of them can also be passed per call, e.g.
+    ``llm.chat(messages, branches=["Cats", "Dogs"], max_new_tokens=64)``.
+    Unknown per-call options raise `ValueError`.
+    """
+
+    model: Any = Field(
+        default="default",
+        description=(
+            'Model source: "default" (SmolLM2-135M-Instruct, offline), "qwen2.5-coder-0.5b", a local '
+            "transformers folder, a .gguf path, or a ParallelBranchDecoder. Weights load on first use "
+            "and are shared by every adapter naming the same source."
+        ),
+    )
+    dtype: str = Field(default="auto", description='Weight dtype ("auto" picks bf16 where the CPU supports it).')
+    device: str = Field(default="auto", description='Torch device ("auto": CUDA when present, else CPU).')
+    branches: Optional[list[str]] = Field(
+        default=None, description="Caller-given step titles: skip planning and decode these steps in parallel."
+    )
+    max_new_tokens: int = Field(default=512, description="Budget for all sampled tokens of an answer.")
+    max_branch_tokens: int = Field(default=256, description="Budget for one branch body.")
+    max_branches: int = Field(default=16, description="Most branches in one parallel block.")
+    temperature: float = Field(default=0.0, description="Sampling temperature; 0 decodes greedily.")
+    top_p: float = Field(default=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(default=0, description="Top-k filter; 0 disables it.")
+    seed: Optional[int] = Field(default=None, description="Sampling seed.")
+    stop: Optional[list[str]] = Field(default=None, description="Stop strings (never part of the text).")
+    merge: Literal["reuse", "recompute"] = Field(
+        default="reuse", description="How decoding continues after the branches: keep their KV or re-encode them."
+    )
+    parallel: bool = Field(default=True, description="False decodes plainly, token by token (the baseline).")
+
+    _decoder: Optional["ParallelBranchDecoder"] = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check_options(self) -> "ParallelBranchLLM":
+        if not isinstance(self.model, str) and not hasattr(self.model, "stream"):
+            msg = f"model must be a model source string or a ParallelBranchDecoder, got {type(self.model).__name__}"
+            raise ValueError(msg)
+        DecodeOptions.from_kwargs(**self._default_options())
+        return self
+
+    @field_serializer("model")
+    def _serialize_model(self, model: Any) -> str:
+        return model if isinstance(model, str) else str(getattr(model, "source", type(model).__name__))
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "ParallelBranchLLM"
+
+    @property
+    def decoder(self) -> "ParallelBranchDecoder":
+        """The shared decoder, loaded on first use."""
+        if self._decoder is None:
+            self._decoder = get_decoder(self.model, dtype=self.dtype, device=self.device)
+        return self._decoder
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        decoder = self.decoder
+        return LLMMetadata(
+            context_window=decoder.context_window,
+            num_output=self.max_new_tokens,
+            is_chat_model=True,
+            is_function_calling_model=True,
+            model_name=decoder.model_name,
+        )
+
+    # ------------------------------------------------------------------ request building
+
+    def _default_options(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _DECODING_FIELDS}
+
+    def _prepare(
+        self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
+    ) -> tuple[RawPrompt, dict[str, Any], bool]:
+        """Render the prompt and validate the options before any compute.
+
+        Returns the prompt, the engine options, and whether tools were offered.
+        """
+        tools = kwargs.pop("tools", None) or None
+        tool_required = bool(kwargs.pop("tool_required", False))
+        tool_choice = kwargs.pop("tool_choice", None)
+        options = {**self._default_options(), **kwargs}
+        DecodeOptions.from_kwargs(**options)  # unknown or bad options fail here, with the known names
+        tool_choice = _tool_choice_name(tool_choice)
+        if tool_choice == "none":
+            tools = None
+        decoder = self.decoder
+        prompt = RawPrompt(_render(decoder, to_engine_messages(messages), tools))
+        if tools and (tool_required or tool_choice not in (None, "auto")):
+            from ..grammar import tool_call_constraint
+
+            # A forced call is one JSON object under the grammar: no branch plan around it.
+            forced = tool_choice if tool_choice not in (None, "auto") else "required"
+            options["constraint"] = tool_call_constraint(decoder.tokenizer, tools, forced)
+            options["parallel"] = False
+        return prompt, options, tools is not None
+
+    def _stream_responses(self, messages: Sequence[ChatMessage], **kwargs: Any) -> Iterator[ChatResponse]:
+        prompt, options, tools = self._prepare(messages, kwargs)
+        decoder = self.decoder
+
+        def gen() -> Iterator[ChatResponse]:
+            stream = ResponseStream(model_name=decoder.model_name, tools=tools)
+            for event in decoder.stream(prompt, **options):
+                yield from stream.feed(event)
+
+        return gen()
+
+    def _astream_responses(self, messages: Sequence[ChatMessage], **kwargs: Any) -> AsyncIterator[ChatResponse]:
+        prompt, options, tools = self._prepare(messages, kwargs)
+        decoder = self.decoder
+
+        async def gen() -> AsyncIterator[ChatResponse]:
+            stream = ResponseStream(model_name=decoder.model_name, tools=tools)
+            async for event in _events_in_thread(decoder, prompt, options):
+                for chunk in stream.feed(event):
+                    yield chunk
+
+        return gen()
+
+    # ------------------------------------------------------------------ chat
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return self._chat(messages, **kwargs)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return self._stream_responses(messages, **kwargs)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return await self._achat(messages, **kwargs)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        return await self._astream_chat(messages, **kwargs)
+
+    # Undecorated versions: the completion methods delegate here, so one call is one callback event.
+    def _chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        response = None
+        for response in self._stream_responses(messages, **kwargs):
+            pass
+        assert response is not None, "the engine stream always ends with a final chunk"
+        return response
+
+    async def _achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        response = None
+        async for response in self._astream_responses(messages, **kwargs):
+            pass
+        assert response is not None, "the engine stream always ends with a final chunk"
+        return response
+
+    async def _astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        return self._astream_responses(messages, **kwargs)
+
+    # ------------------------------------------------------------------ completion (delegations)
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return chat_to_completion_decorator(self._chat)(prompt, **kwargs)
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        return stream_chat_to_completion_decorator(self._stream_responses)(prompt, **kwargs)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return await achat_to_completion_decorator(self._achat)(prompt, **kwargs)
+
+    @llm_completion_callback()
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        return await astream_chat_to_completion_decorator(self._astream_chat)(prompt, **kwargs)
+
+    # ------------------------------------------------------------------ tools
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence["BaseTool"],
+        user_msg: Optional[Union[str, ChatMessage]] = None,
+        chat_history: Optional[list[ChatMessage]] = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: Optional[Union[str, dict]] = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Messages plus the tools in OpenAI form; `chat` renders them through the chat template."""
+        messages = list(chat_history or [])
+        if isinstance(user_msg, str):
+            user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
+        if user_msg is not None:
+            messages.append(user_msg)
+        specs = [tool.metadata.to_openai_tool(skip_length_check=True) for tool in tools]
+        return {
+            "messages": messages,
+            "tools": specs or None,
+            "tool_required": tool_required,
+            "tool_choice": tool_choice,
+            **kwargs,
+        }
+
+    def _validate_chat_with_tools_response(
+        self,
+        response: ChatResponse,
+        tools: Sequence["BaseTool"],
+        allow_parallel_tool_calls: bool = False,
+        **kwargs: Any,
+    ) -> ChatResponse:
+        """Keep only the first call unless parallel tool calls are allowed."""
+        if not allow_parallel_tool_calls:
+            _keep_first_tool_call(response.message)
+        return response
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        return tool_selections(response, error_on_no_tool_call=error_on_no_tool_call)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _render(decoder: "ParallelBranchDecoder", messages: list[dict[str, Any]], tools: Optional[list[dict]]) -> str:
+    """The prompt text: tools through the chat template, or folded into plain text where it ignores them."""
+    if template_supports_tools(decoder.tokenizer):
+        return decoder.render_messages(messages, tools=tools)
+    messages = fold_tool_messages(messages)
+    if tools:
+        messages = inject_system_text(messages, tool_prompt(tools))
+    return decoder.render_messages(messages)
+
+
+def _tool_choice_name(tool_choice: Union[str, dict, None]) -> Optional[str]:
+    """``"auto"``, ``"required"``, ``"none"`` or a tool name; OpenAI's ``{"function": {"name": ...}}`` form accepted."""
+    if isinstance(tool_choice, dict):
+        function = tool_choice.get("function", tool_choice)
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            msg = f"tool_choice dict must name a function, got {tool_choice!r}"
+            raise ValueError(msg)
+        return function["name"]
+    if tool_choice is not None and not isinstance(tool_choice, str):
+        msg = f'tool_choice must be "auto", "required", "none", a tool name or None, got {tool_choice!r}'
+        raise ValueError(msg)
+    return tool_choice
+
+
+def _keep_first_tool_call(message: ChatMessage) -> None:
+    from llama_index.core.base.llms.types import ToolCallBlock
+
+    seen = False
+    kept = []
+    for block in message.blocks:
+        if isinstance(block, ToolCallBlock):
+            if seen:
+                continue
+            seen = True
+        kept.append(block)
+    message.blocks = kept
+
+
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+async def _events_in_thread(
+    decoder: "ParallelBranchDecoder", prompt: RawPrompt, options: dict[str, Any]
+) -> AsyncIterator[StreamEvent]:
+    """Run ``decoder.stream`` in a worker thread; yield its events on the event loop.
+
+    The worker hands each event over with ``call_soon_threadsafe``, so the loop
+    only wakes up for finished events. Leaving the ``async for`` early stops
+    the worker at its next event.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    cancelled = threading.Event()
+
+    def put(item: object) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop was closed under us: nobody is listening any more
+            cancelled.set()
+
+    def work() -> None:
+        try:
+            events = decoder.stream(prompt, **options)
+            try:
+                for event in events:
+                    put(event)
+                    if cancelled.is_set():
+                        break
+            finally:
+                events.close()
+        except BaseException as error:  # handed to the awaiting coroutine, which re-raises it
+            put(_Failure(error))
+        finally:
+            put(_DONE)
+
+    threading.Thread(target=work, name="pbd-llama-index-decode", daemon=True).start()
+    try:
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item  # type: ignore[misc]
+    finally:
+        cancelled.set()
