@@ -1,0 +1,87 @@
+"""Run the engine for an adapter: one decode at a time per decoder, sync or async.
+
+A `ParallelBranchDecoder` owns one model and one KV cache, so decodes on the
+same decoder are serialised with a lock. The async version runs the decode
+in a worker thread and hands events to the event loop through an
+`asyncio.Queue`, so a coroutine awaiting tokens never blocks the loop.
+Leaving the async iteration early (``break``, cancellation) tells the worker
+to stop after its current forward pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+_locks_guard = threading.Lock()
+_locks: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()
+_DONE = object()
+
+
+def decoder_lock(decoder: Any) -> threading.Lock:
+    """The lock that serialises decodes on ``decoder``."""
+    with _locks_guard:
+        lock = _locks.get(decoder)
+        if lock is None:
+            lock = _locks[decoder] = threading.Lock()
+        return lock
+
+
+def iterate_events(decoder: Any, prompt: Any, options: dict[str, Any]) -> Iterator[Any]:
+    """``decoder.stream(prompt, **options)`` while holding the decoder's lock."""
+    with decoder_lock(decoder):
+        stream = decoder.stream(prompt, **options)
+        try:
+            yield from stream
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+
+async def aiterate_events(decoder: Any, prompt: Any, options: dict[str, Any]) -> AsyncIterator[Any]:
+    """Async `iterate_events`: decoding runs in a worker thread, events arrive through a queue."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    stop = threading.Event()
+
+    def put(item: tuple[Any, BaseException | None]) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            stop.set()
+
+    def produce() -> None:
+        try:
+            events = iterate_events(decoder, prompt, options)
+            try:
+                for event in events:
+                    if stop.is_set():
+                        break
+                    put((event, None))
+            finally:
+                events.close()
+        except BaseException as error:  # handed to the consumer, re-raised there
+            put((None, error))
+        else:
+            put((_DONE, None))
+
+    worker = threading.Thread(target=produce, name="pbd-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            event, error = await queue.get()
+            if error is not None:
+                raise error
+            if event is _DONE:
+                return
+            yield event
+    finally:
+        stop.set()
+        if worker.is_alive():
+            # Wait (off the loop) for the current forward pass to end, so no decode
+            # outlives its caller: a decode thread alive at interpreter exit aborts it.
+            await asyncio.to_thread(worker.join)
