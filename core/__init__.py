@@ -1,0 +1,44 @@
+"""Parallel-branch decoding engine.
+
+Decode the independent steps of a model's reasoning concurrently inside one
+sequence and one KV cache: plan titled branches, decode one token of every
+live branch per forward pass under a tree attention mask, then merge.
+
+    >>> from pbd_core import ParallelBranchDecoder
+    >>> decoder = ParallelBranchDecoder.from_pretrained()  # doctest: +SKIP
+    >>> result = decoder.generate("Compare cats and dogs.", branches=["Cats", "Dogs"])  # doctest: +SKIP
+"""
+
+from .constraints import TokenConstraint
+from .decoder import ParallelBranchDecoder
+from .options import DecodeOptions
+from .prompting import RawPrompt
+from .reading_order import ReadingOrder
+from .types import (
+    BranchEndEvent,
+    BranchResult,
+    BranchStartEvent,
+    DecodeResult,
+    DecodeStats,
+    FinalEvent,
+    StreamEvent,
+    TokenEvent,
+)
+
+__all__ = [
+    "BranchEndEvent",
+    "BranchResult",
+    "BranchStartEvent",
+    "DecodeOptions",
+    "DecodeResult",
+    "DecodeStats",
+    "FinalEvent",
+    "ParallelBranchDecoder",
+    "RawPrompt",
+    "ReadingOrder",
+    "StreamEvent",
+    "TokenConstraint",
+    "TokenEvent",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,124 @@
+"""One KV cache for the trunk and every branch, plus the slot metadata the mask needs.
+
+`TreeCache` wraps a transformers `DynamicCache` (the KV tensors) and keeps,
+for each slot, which branch wrote it, its position id and how far back it may
+look (see `pbd_core.masks`). It answers the question the decode loop asks
+every step: "what is the mask for these next tokens?". Rolling back (a plan
+that is replaced by branches, a merge that re-encodes them) crops both the
+KV tensors and the metadata together, so they can never disagree.
+
+All metadata lives on the model's device: building a mask is a handful of
+vectorised ops, no Python loop over slots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import DynamicCache
+
+from .masks import TRUNK, to_additive, tree_predicate, window_predicate
+
+
+class TreeCache:
+    """KV cache + per-slot ``branch``/``position``/``ctx_end`` metadata.
+
+    Args:
+        device: where the metadata and masks live (the model's device).
+        mask_dtype: dtype of the additive masks (the model's compute dtype).
+        layer_windows: ``{layer_type: window or None}`` when the model mixes
+            full and sliding-window layers and accepts a mask per layer type;
+            ``None`` for a model that takes a single mask.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        mask_dtype: torch.dtype,
+        layer_windows: dict[str, int | None] | None = None,
+    ) -> None:
+        self.kv = DynamicCache()  # all full layers: sliding windows are enforced by the mask, in positions
+        self.device = device
+        self.mask_dtype = mask_dtype
+        self.layer_windows = layer_windows
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        self.branch = empty.clone()  # [L]
+        self.position = empty.clone()  # [L]
+        self.ctx_end = empty.clone()  # [L]
+
+    def __len__(self) -> int:
+        return int(self.branch.numel())
+
+    @property
+    def next_trunk_position(self) -> int:
+        """Position id of a trunk token appended now: one past the furthest position written."""
+        return int(self.position.max().item()) + 1 if len(self) else 0
+
+    def plan_append(
+        self,
+        branch: Sequence[int] | torch.Tensor,
+        position: Sequence[int] | torch.Tensor,
+        ctx_end: Sequence[int] | torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]:
+        """Describe the next ``n`` tokens and return ``(position_ids [1, n], attention mask)``.
+
+        ``ctx_end=None`` means trunk semantics (each token sees every slot before it); so
+        does a ``TRUNK`` entry in a ``ctx_end`` list, which lets one pass mix branch and trunk tokens.
+        The metadata is committed immediately: call this right before the forward pass
+        that writes these slots, and `crop` if the pass is abandoned.
+        """
+        start = len(self)
+        q_branch = torch.as_tensor(branch, dtype=torch.long, device=self.device)
+        q_position = torch.as_tensor(position, dtype=torch.long, device=self.device)
+        n = q_branch.numel()
+        q_slot = torch.arange(start, start + n, device=self.device)
+        if ctx_end is None:
+            q_ctx_end = q_slot + 1
+        else:
+            q_ctx_end = torch.as_tensor(ctx_end, dtype=torch.long, device=self.device).expand(n)
+            q_ctx_end = torch.where(q_ctx_end == TRUNK, q_slot + 1, q_ctx_end)
+        self.branch = torch.cat([self.branch, q_branch])
+        self.position = torch.cat([self.position, q_position])
+        self.ctx_end = torch.cat([self.ctx_end, q_ctx_end])
+        mask = self._mask(q_slot, q_branch, q_position, q_ctx_end)
+        return q_position[None], mask
+
+    def _mask(
+        self, q_slot: torch.Tensor, q_branch: torch.Tensor, q_position: torch.Tensor, q_ctx_end: torch.Tensor
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        kv_slot = torch.arange(len(self), device=self.device)
+        allowed = tree_predicate(q_slot, q_branch, q_ctx_end, kv_slot, self.branch)
+        if self.layer_windows is None:
+            return to_additive(allowed, self.mask_dtype)
+        masks = {}
+        for layer_type, window in self.layer_windows.items():
+            layer_allowed = allowed
+            if window is not None:
+                layer_allowed = allowed & window_predicate(q_position, self.position, window)
+            masks[layer_type] = to_additive(layer_allowed, self.mask_dtype)
+        return masks
+
+    def crop(self, length: int) -> None:
+        """Roll the cache back to its first ``length`` slots."""
+        assert 0 <= length <= len(self), (length, len(self))
+        drop = len(self) - length
+        if drop:
+            self.kv.crop(-drop)
+        self.branch = self.branch[:length]
+        self.position = self.position[:length]
+        self.ctx_end = self.ctx_end[:length]
+
+    def trunk_positions(self, n: int) -> list[int]:
+        start = self.next_trunk_position
+        return list(range(start, start + n))
+
+    def dense_mask(self) -> torch.Tensor:
+        """``[L, L]`` boolean: which slot each slot attended to (full-attention layers)."""
+        kv_slot = torch.arange(len(self), device=self.device)
+        return tree_predicate(kv_slot, self.branch, self.ctx_end, kv_slot, self.branch)
+
+
+def trunk(n: int) -> list[int]:
+    """Branch ids for ``n`` trunk tokens."""
+    return [TRUNK] * n

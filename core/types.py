@@ -1,0 +1,129 @@
+"""Public result and event types of the engine.
+
+These are plain dataclasses so that adapters (LangChain, LlamaIndex, the CLI)
+can depend on them without importing torch-heavy modules.
+
+Reading order
+-------------
+`DecodeResult.text` is the answer as if it had been written sequentially::
+
+    <text before the branches> ####<title 1>:<body 1>####<title 2>:<body 2>...####%%%%<conclusion>
+
+Stream events carry the same text in fragments: every `TokenEvent` with
+``branch=None`` is in reading order among themselves, and every fragment of
+branch ``i`` belongs between the ``BranchStartEvent`` and ``BranchEndEvent``
+of branch ``i``. `pbd_core.ReadingOrder` turns the event stream back into
+reading-order text chunks whose concatenation equals `DecodeResult.text`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+FinishReason = Literal["stop", "eos", "length", "end_marker", "error"]
+"""Why a stream ended.
+
+- ``end_marker``: a branch reached the start of the next step (``####``); the normal end of a branch.
+- ``eos``: the model emitted its end-of-sequence token.
+- ``stop``: a caller-given stop string was produced (it is not part of the text).
+- ``length``: a token budget (``max_branch_tokens`` or ``max_new_tokens``) ran out.
+"""
+
+Stage = Literal["plan", "parallel", "merge"]
+
+
+@dataclass
+class BranchResult:
+    """One branch (one independent step) of a parallel block."""
+
+    title: str
+    text: str
+    """The branch body: what the model wrote after ``####<title>:``, end marker excluded."""
+    token_ids: list[int]
+    """Tokens the model generated for this branch, including the token that ended it."""
+    context_ids: list[int]
+    """The exact token ids this branch was conditioned on (shared prefix + its title)."""
+    finish_reason: FinishReason
+    block: int = 0
+    """Index of the parallel block this branch belongs to (answers may contain several)."""
+
+
+@dataclass
+class DecodeStats:
+    """What the decode cost: the numbers benchmarks and adapters report."""
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    """Tokens sampled from the model (plan, branches and merge); forced format tokens are not counted."""
+    forward_passes: int = 0
+    stage_tokens: dict[str, int] = field(default_factory=lambda: {"plan": 0, "parallel": 0, "merge": 0})
+    stage_seconds: dict[str, float] = field(default_factory=lambda: {"plan": 0.0, "parallel": 0.0, "merge": 0.0})
+    stage_forward_passes: dict[str, int] = field(default_factory=lambda: {"plan": 0, "parallel": 0, "merge": 0})
+    max_live_branches: int = 0
+    kv_tokens: int = 0
+    """Length of the KV cache at the end of the decode (one copy of the prefix)."""
+
+    @property
+    def tokens_per_forward_pass(self) -> float:
+        return self.generated_tokens / self.forward_passes if self.forward_passes else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "forward_passes": self.forward_passes,
+            "tokens_per_forward_pass": round(self.tokens_per_forward_pass, 4),
+            "stage_tokens": dict(self.stage_tokens),
+            "stage_seconds": {k: round(v, 6) for k, v in self.stage_seconds.items()},
+            "stage_forward_passes": dict(self.stage_forward_passes),
+            "max_live_branches": self.max_live_branches,
+            "kv_tokens": self.kv_tokens,
+        }
+
+
+@dataclass
+class DecodeResult:
+    """The whole answer, its branches and what it cost."""
+
+    text: str
+    branches: list[BranchResult]
+    stats: DecodeStats
+    finish_reason: FinishReason
+    token_ids: list[int] = field(default_factory=list)
+    """Reading-order token ids of the answer (for plain decoding: exactly what was sampled)."""
+    parallel: bool = True
+    """Whether any parallel block was decoded (False for plain decoding or when no plan was found)."""
+
+
+@dataclass
+class TokenEvent:
+    """New text. ``branch`` is the branch index in this answer, ``None`` outside branches."""
+
+    text: str
+    branch: int | None
+    stage: Stage
+    token_id: int | None = None
+    """The sampled token, or ``None`` for text the engine wrote itself (a title, a format marker)."""
+
+
+@dataclass
+class BranchStartEvent:
+    index: int
+    title: str
+    block: int = 0
+
+
+@dataclass
+class BranchEndEvent:
+    index: int
+    finish_reason: FinishReason
+    text: str
+
+
+@dataclass
+class FinalEvent:
+    result: DecodeResult
+
+
+StreamEvent = Union[TokenEvent, BranchStartEvent, BranchEndEvent, FinalEvent]

@@ -1,0 +1,86 @@
+"""A fake causal LM whose next token is a function of the text it can *see*.
+
+`ScriptedLM` stores (token id, position) pairs in the transformers cache it is
+given, applies the attention mask the engine passes, decodes the visible
+tokens in position order and asks a script what comes next. It lets tests
+state behaviour in words ("after `####Apples:` write ` red.`") and it checks
+the mask for real: a branch that could see a sibling would see different text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+
+import torch
+from transformers import GenerationConfig, PretrainedConfig
+
+from tiny_models import byte_tokenizer
+
+Script = Callable[[str], "str | None"]
+
+
+def rules(*pairs: tuple[str, str], leak_guard: Sequence[str] = ()) -> Script:
+    """A script from (after, write) rules.
+
+    When the visible text ends with ``after`` followed by a proper prefix of
+    ``write``, the model writes the next character of ``write``. With no rule
+    in progress it emits EOS. ``leak_guard`` titles must never be seen together
+    by a branch: when a branch titled with one of them can see another's
+    ``####title:`` (before the ``####%%%%`` that closes the block), the model
+    writes ``LEAK``.
+    """
+
+    def script(text: str) -> str | None:
+        if leak_guard and "%%%%" not in text:
+            last = text.rsplit("####", 1)[-1]
+            own = next((t for t in leak_guard if last.startswith(t + ":")), None)
+            if own is not None and any(f"####{t}:" in text for t in leak_guard if t != own):
+                return "LEAK"
+        best: tuple[int, str] | None = None
+        for after, write in pairs:
+            for i in range(len(write) - 1, -1, -1):
+                if text.endswith(after + write[:i]):
+                    if best is None or len(after) + i > best[0]:
+                        best = (len(after) + i, write[i])
+                    break
+        return best[1] if best else None
+
+    return script
+
+
+class ScriptedLM(torch.nn.Module):
+    def __init__(self, script: Script, tokenizer=None, max_positions: int = 4096) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer or byte_tokenizer()
+        self.script = script
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.config = PretrainedConfig(max_position_embeddings=max_positions, eos_token_id=self.tokenizer.eos_token_id)
+        self.config._attn_implementation = "sdpa"
+        self.generation_config = GenerationConfig(eos_token_id=self.tokenizer.eos_token_id)
+        self.vocab_size = len(self.tokenizer)
+        self.calls: list[int] = []  # number of query tokens of each forward pass
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=True,
+                logits_to_keep=0, **kwargs):
+        ids, positions = input_ids[0], position_ids[0]
+        self.calls.append(int(ids.numel()))
+        entry = torch.stack([ids, positions], dim=-1).float()[None, None]  # [1, 1, q, 2]
+        stored, _ = past_key_values.update(entry, entry, 0)  # [1, 1, L, 2]
+        stored = stored[0, 0].long()
+        mask = attention_mask["full_attention"] if isinstance(attention_mask, dict) else attention_mask
+        visible = mask[0, 0] == 0  # [q, L]
+        rows = list(range(ids.numel()))
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            rows = rows[-logits_to_keep:]
+        elif isinstance(logits_to_keep, torch.Tensor):
+            rows = logits_to_keep.tolist()
+        logits = torch.full((1, len(rows), self.vocab_size), -1e4)
+        for out_row, row in enumerate(rows):
+            seen = stored[visible[row]]
+            order = torch.argsort(seen[:, 1], stable=True)
+            text = self.tokenizer.decode(seen[order, 0].tolist())
+            nxt = self.script(text)
+            token = self.tokenizer.eos_token_id if not nxt else self.tokenizer(nxt[0])["input_ids"][0]
+            logits[0, out_row, token] = 0.0
+        return SimpleNamespace(logits=logits)
