@@ -120,11 +120,17 @@ class _LiveBranches:
         self.done[index] = reason
         self._draw()
 
+    def _body(self, i: int) -> str:
+        """Branch text without the ``####title:`` header the engine streams first."""
+        header = f"####{self.titles[i]}:"
+        text = self.texts[i]
+        return text[len(header):] if text.startswith(header) else text
+
     def _line(self, i: int) -> str:
         cols = shutil.get_terminal_size((100, 20)).columns
         head = f"[{i}] {self.titles[i]}: "
         mark = "" if self.done[i] is None else f"  ({self.done[i]})"
-        body = " ".join(self.texts[i].split())
+        body = " ".join(self._body(i).split())
         room = max(cols - len(head) - len(mark) - 1, 10)
         if len(body) > room:
             body = "…" + body[-(room - 1):]
@@ -144,7 +150,7 @@ class _LiveBranches:
         """On a terminal the lines are already there; elsewhere print every branch in full once."""
         if not self.live:
             for i, title in enumerate(self.titles):
-                self.out.write(f"\n####{title}:{self.texts[i]}\n   ({self.done[i]})\n")
+                self.out.write(f"[{i}] {title}:{self._body(i)}\n    ({self.done[i]})\n")
         self.titles, self.texts, self.done, self.drawn = [], [], [], 0
 
 
@@ -281,7 +287,7 @@ def cmd_bench(args) -> int:
         bar.set_postfix_str(what, refresh=False)
         bar.update(1)
 
-    command = "pbd " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.command is None else args.command
+    command = args.command or "pbd " + " ".join(shlex.quote(a) for a in args.argv)
     doc = suite.run_suite(
         decoder, tasks, modes=modes, methods=METHODS, ks=ks, step_cost_repeats=step_repeats,
         overhead_repeats=args.overhead_repeats, overhead_tokens=args.overhead_tokens, command=command, progress=progress,
@@ -368,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -21,6 +21,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _redundant(doc: dict[str, Any], row: dict[str, Any]) -> bool:
+    """The "all sizes" row repeats the only size when there is one."""
+    return row["size"] == "all" and len(doc["settings"]["sizes"]) == 1
+
+
 def step_cost_table(doc: dict[str, Any]) -> str:
     sc = doc["step_cost"]
     rows = [[r["k"], r["median_ms"], r["ceiling"]] for r in sc["rows"]]
@@ -30,7 +35,7 @@ def step_cost_table(doc: dict[str, Any]) -> str:
 def method_table(doc: dict[str, Any], mode: str) -> str:
     rows = []
     for r in doc["summary"]["table"]:
-        if r["mode"] != mode:
+        if r["mode"] != mode or _redundant(doc, r):
             continue
         rows.append([
             r["size"], r["method"], r["tasks"], r["wall_seconds"], r["tokens_per_second"],
@@ -46,7 +51,7 @@ def method_table(doc: dict[str, Any], mode: str) -> str:
 def stage_table(doc: dict[str, Any], mode: str) -> str:
     rows = []
     for r in doc["summary"]["table"]:
-        if r["mode"] != mode or not r["method"].startswith(("pbd", "seq")):
+        if r["mode"] != mode or not r["method"].startswith(("pbd", "seq")) or _redundant(doc, r):
             continue
         s = r["stage_seconds"]
         rows.append([r["size"], r["method"], s["plan"], s["parallel"], s["merge"],
