@@ -86,9 +86,10 @@ def _tool_call_dict(block: ToolCallBlock) -> dict[str, Any]:
 def result_raw(result: DecodeResult, model_name: str) -> dict[str, Any]:
     """What a final `ChatResponse.raw` holds: usage (read by LlamaIndex's token counter) and the decode's stats.
 
-    ``completion_tokens`` counts the answer's tokens in reading order, which
-    includes format text the engine wrote itself (titles, markers);
-    ``stats["generated_tokens"]`` counts only the sampled ones.
+    ``completion_tokens`` counts the tokens of the answer's text in reading
+    order, format text the engine wrote itself (titles, markers) included;
+    ``stats["generated_tokens"]`` counts what the model sampled (an
+    end-of-sequence token too, forced format text not).
     """
     prompt_tokens = result.stats.prompt_tokens
     completion_tokens = len(result.token_ids)

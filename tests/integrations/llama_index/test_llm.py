@@ -1,0 +1,301 @@
+"""`ParallelBranchLLM` against a scripted decoder: the LlamaIndex contract without a model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock, ToolCallBlock
+from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.tools import FunctionTool
+
+import pbd_integrations
+from pbd_integrations import registry
+from pbd_integrations.llama_index import ParallelBranchLLM
+
+USER = [ChatMessage(role=MessageRole.USER, content="Hi")]
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+ADD = FunctionTool.from_defaults(fn=add)
+
+
+@pytest.fixture
+def make_llm(make_decoder):
+    def make(answers=("Hello there friend.",), delay=0.0, **fields):
+        decoder = make_decoder(answers=list(answers), delay=delay)
+        return ParallelBranchLLM(model=decoder, **fields), decoder
+
+    return make
+
+
+# ---------------------------------------------------------------- construction
+
+
+def test_is_exported_lazily_from_the_package():
+    assert pbd_integrations.ParallelBranchLLM is ParallelBranchLLM
+    assert issubclass(ParallelBranchLLM, FunctionCallingLLM)
+
+
+def test_construction_loads_nothing():
+    before = registry.loaded_sources()
+    llm = ParallelBranchLLM(model="no/such/folder")
+    assert registry.loaded_sources() == before
+    assert llm.model == "no/such/folder"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens must be a positive int"),
+        ({"temperature": -1.0}, "temperature must be a number >= 0"),
+        ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+        ({"merge": "fold"}, "merge"),
+        ({"branches": []}, "branches must not be empty"),
+        ({"branches": ["a:b"]}, "must be one line without ':'"),
+        ({"model": 42}, "model must be a model source string or a ParallelBranchDecoder"),
+    ],
+)
+def test_bad_fields_fail_at_construction(fields, message):
+    with pytest.raises(ValueError, match=message):
+        ParallelBranchLLM(**fields)
+
+
+def test_metadata_comes_from_the_decoder(make_llm):
+    llm, decoder = make_llm(max_new_tokens=77)
+    meta = llm.metadata
+    assert meta.context_window == decoder.context_window
+    assert meta.num_output == 77
+    assert meta.model_name == "fake-model"
+    assert meta.is_chat_model and meta.is_function_calling_model
+
+
+def test_serializes_with_the_model_source(make_llm):
+    llm, _ = make_llm()
+    assert llm.to_dict()["model"] == "fake"
+    assert llm.to_dict()["class_name"] == "ParallelBranchLLM"
+
+
+# ---------------------------------------------------------------- options per call
+
+
+def test_fields_are_the_default_options_and_calls_override_them(make_llm):
+    llm, decoder = make_llm(max_new_tokens=30, stop=["END"])
+    llm.chat(USER)
+    llm.chat(USER, max_new_tokens=5, branches=["Cats", "Dogs"], merge="recompute")
+    first, second = decoder.calls
+    assert (first["max_new_tokens"], first["stop"], first["branches"]) == (30, ["END"], None)
+    assert (second["max_new_tokens"], second["branches"], second["merge"]) == (5, ["Cats", "Dogs"], "recompute")
+
+
+def test_unknown_option_fails_before_decoding_and_names_the_known_ones(make_llm):
+    llm, decoder = make_llm()
+    with pytest.raises(ValueError, match=r"unknown decoding option\(s\) \['max_tokens'\].*max_new_tokens"):
+        llm.stream_chat(USER, max_tokens=5)
+    assert decoder.calls == []
+
+
+def test_bad_option_value_fails_before_decoding(make_llm):
+    llm, decoder = make_llm()
+    with pytest.raises(ValueError, match="top_k"):
+        llm.complete("Hi", top_k=-2)
+    assert decoder.calls == []
+
+
+def test_prompt_is_the_rendered_chat_template(make_llm):
+    llm, decoder = make_llm()
+    llm.chat([ChatMessage(role=MessageRole.SYSTEM, content="Be brief."), *USER])
+    assert decoder.calls[0]["prompt"] == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+# ---------------------------------------------------------------- results, streams, completion
+
+
+def test_chat_is_the_aggregate_of_stream_chat(make_llm):
+    llm, _ = make_llm(answers=[("Two:", [("A", " one"), ("B", " two three")], " done")])
+    chunks = list(llm.stream_chat(USER))
+    response = llm.chat(USER)
+    assert "".join(c.delta for c in chunks) == response.message.content == chunks[-1].message.content
+    assert response.message.content == "Two:####A: one####B: two three####%%%% done"
+    assert response.raw == chunks[-1].raw
+    assert response.raw["parallel"] and len(response.raw["branches"]) == 2
+
+
+def test_complete_and_stream_complete_match_chat(make_llm):
+    llm, _ = make_llm(answers=["One two three."])
+    completion = llm.complete("Count.")
+    streamed = list(llm.stream_complete("Count."))
+    assert completion.text == "One two three." == streamed[-1].text
+    assert "".join(c.delta for c in streamed) == completion.text
+    assert completion.raw["usage"]["completion_tokens"] == 3
+
+
+async def test_async_methods_match_the_sync_ones(make_llm):
+    llm, _ = make_llm(answers=["One two three."])
+    assert (await llm.achat(USER)).message.content == "One two three."
+    assert (await llm.acomplete("x")).text == "One two three."
+    deltas = [c.delta async for c in await llm.astream_chat(USER)]
+    assert "".join(deltas) == "One two three."
+    texts = [c.text async for c in await llm.astream_complete("x")]
+    assert texts[-1] == "One two three."
+
+
+async def test_async_calls_leave_the_event_loop_free(make_llm):
+    # Every fake token sleeps 20 ms in the decoding thread; a blocked loop could not tick meanwhile.
+    llm, _ = make_llm(answers=[" ".join(["word"] * 10)], delay=0.02)
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    start = time.perf_counter()
+    await llm.achat(USER)
+    async for _ in await llm.astream_chat(USER):
+        pass
+    elapsed = time.perf_counter() - start
+    task.cancel()
+    assert elapsed >= 0.4
+    assert ticks >= 0.4 / 0.005 / 4  # at least a quarter of the ticks a free loop gets
+
+
+async def test_two_async_calls_run_concurrently_with_the_loop(make_llm):
+    llm, _ = make_llm(answers=["a b c d e"], delay=0.01)
+    first, second = await asyncio.gather(llm.achat(USER), llm.achat(USER))
+    assert first.message.content == second.message.content == "a b c d e"
+
+
+async def test_async_errors_reach_the_caller(make_llm):
+    llm, decoder = make_llm()
+
+    def broken(prompt, **options):
+        raise RuntimeError("model exploded")
+
+    decoder.stream = broken
+    with pytest.raises(RuntimeError, match="model exploded"):
+        await llm.achat(USER)
+
+
+async def test_leaving_an_async_stream_early_stops_the_decoding_thread(make_llm):
+    llm, _ = make_llm(answers=[" ".join(["w"] * 200)], delay=0.005)
+    produced = []
+    original = llm.decoder.stream
+
+    def counting(prompt, **options):
+        for event in original(prompt, **options):
+            produced.append(event)
+            yield event
+
+    llm.decoder.stream = counting
+    stream = await llm.astream_chat(USER)
+    async for _ in stream:
+        break
+    await stream.aclose()
+    await asyncio.sleep(0.5)  # a thread still decoding would make about 100 more events meanwhile
+    assert len(produced) < 20
+
+
+def test_one_callback_event_per_call_with_usage(make_llm):
+    counter = TokenCountingHandler(tokenizer=lambda text: text.split())
+    llm, _ = make_llm(answers=["One two three."], callback_manager=CallbackManager([counter]))
+    llm.complete("Count to three.")
+    list(llm.stream_chat(USER))
+    assert len(counter.llm_token_counts) == 2
+    # The counter reads raw["usage"], which the fake fills with whitespace token counts.
+    assert [c.completion_token_count for c in counter.llm_token_counts] == [3, 3]
+
+
+# ---------------------------------------------------------------- tools
+
+
+def test_prepare_chat_with_tools_renders_tools_into_the_prompt(make_llm):
+    llm, decoder = make_llm()
+    kwargs = llm._prepare_chat_with_tools([ADD], user_msg="What is 2+3?", chat_history=[])
+    assert kwargs["tools"][0]["function"]["name"] == "add"
+    assert kwargs["messages"][-1].content == "What is 2+3?"
+    llm.chat(**kwargs)
+    prompt = decoder.calls[0]["prompt"]
+    # The fake ChatML template ignores tools, so they are described in the system message.
+    assert prompt.startswith("<|im_start|>system\n# Tools")
+    assert '"name": "add"' in prompt and "<tool_call>" in prompt
+
+
+def test_chat_with_tools_returns_tool_call_blocks_and_selections(make_llm):
+    call = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
+    llm, _ = make_llm(answers=[call])
+    response = llm.chat_with_tools([ADD], user_msg="What is 2+3?")
+    (block,) = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
+    assert (block.tool_name, block.tool_kwargs) == ("add", {"a": 2, "b": 3})
+    (selection,) = llm.get_tool_calls_from_response(response)
+    assert (selection.tool_id, selection.tool_name, selection.tool_kwargs) == (block.tool_call_id, "add", {"a": 2, "b": 3})
+
+
+def test_only_the_first_call_is_kept_unless_parallel_calls_are_allowed(make_llm):
+    calls = "".join(
+        f'<tool_call>{{"name": "add", "arguments": {{"a": {i}, "b": 0}}}}</tool_call>' for i in range(2)
+    )
+    llm, _ = make_llm(answers=[calls])
+    single = llm.chat_with_tools([ADD], user_msg="x")
+    double = llm.chat_with_tools([ADD], user_msg="x", allow_parallel_tool_calls=True)
+    assert len(llm.get_tool_calls_from_response(single)) == 1
+    assert [s.tool_kwargs["a"] for s in llm.get_tool_calls_from_response(double)] == [0, 1]
+
+
+def test_predict_and_call_runs_the_tool(make_llm):
+    llm, _ = make_llm(answers=['<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>'])
+    assert llm.predict_and_call([ADD], user_msg="What is 2+3?").response == "5"
+
+
+def test_tool_results_go_back_into_the_conversation(make_llm):
+    llm, decoder = make_llm()
+    history = [
+        ChatMessage(role=MessageRole.USER, content="What is 2+3?"),
+        ChatMessage(
+            role=MessageRole.ASSISTANT,
+            blocks=[ToolCallBlock(tool_call_id="call_1", tool_name="add", tool_kwargs={"a": 2, "b": 3})],
+        ),
+        ChatMessage(role=MessageRole.TOOL, content="5", additional_kwargs={"tool_call_id": "call_1"}),
+    ]
+    llm.chat_with_tools([ADD], chat_history=history)
+    prompt = decoder.calls[0]["prompt"]
+    assert '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>' in prompt
+    assert "<tool_response>\n5\n</tool_response>" in prompt
+
+
+def test_no_tool_call_is_an_error_only_when_required(make_llm):
+    llm, _ = make_llm(answers=["I will not call anything."])
+    response = llm.chat_with_tools([ADD], user_msg="x")
+    assert llm.get_tool_calls_from_response(response, error_on_no_tool_call=False) == []
+    with pytest.raises(ValueError, match="expected at least one tool call"):
+        llm.get_tool_calls_from_response(response)
+
+
+def test_tool_choice_none_offers_no_tools(make_llm):
+    llm, decoder = make_llm()
+    llm.chat_with_tools([ADD], user_msg="x", tool_choice="none")
+    assert "# Tools" not in decoder.calls[0]["prompt"]
+
+
+def test_bad_tool_choice_is_a_clear_error(make_llm):
+    llm, _ = make_llm()
+    with pytest.raises(ValueError, match="tool_choice"):
+        llm.chat_with_tools([ADD], user_msg="x", tool_choice=3)
+
+
+def test_text_answer_keeps_its_text_block(make_llm):
+    llm, _ = make_llm(answers=["Plain answer."])
+    response = llm.chat_with_tools([ADD], user_msg="x")
+    assert [type(b) for b in response.message.blocks] == [TextBlock]
+    assert json.dumps(response.raw["usage"])  # usage is plain JSON
