@@ -90,8 +90,14 @@ class LLGuidanceConstraint:
         if not self._matcher.is_accepting():
             return False
         # Complete when nothing but end-of-sequence can follow.
-        allowed = self.allowed_tokens().nonzero().flatten().tolist()
-        return all(self._tokenizer.is_special_token(t) for t in allowed)
+        allowed = self.allowed_tokens()
+        if int(allowed.sum()) > _MAX_END_TOKENS:
+            return False
+        return all(self._tokenizer.is_special_token(t) for t in allowed.nonzero().flatten().tolist())
+
+
+_MAX_END_TOKENS = 8
+"""More allowed tokens than this means text can still follow (end-of-sequence tokens are few)."""
 
 
 def json_schema_constraint(tokenizer: Any, schema: dict[str, Any]) -> Callable[[], LLGuidanceConstraint]:
