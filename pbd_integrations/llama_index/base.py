@@ -1,7 +1,7 @@
 """`ParallelBranchLLM`: the parallel-branch decoder as a LlamaIndex `FunctionCallingLLM`.
 
     >>> from pbd_integrations import ParallelBranchLLM
-    >>> llm = ParallelBranchLLM(max_new_tokens=128)  # instant: weights load on first use
+    >>> llm = ParallelBranchLLM(max_tokens=128)  # instant: weights load on first use
     >>> llm.complete("Compare tea and coffee.", branches=["Tea", "Coffee"]).text  # doctest: +SKIP
 
 One code path: every call renders the conversation, validates the decoding
@@ -14,8 +14,6 @@ model computes. ``complete*`` are delegations to ``chat*``.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Literal, Optional, Sequence, Union
 
 from llama_index.core.base.llms.generic_utils import (
@@ -35,15 +33,16 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
     MessageRole,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_serializer, model_validator
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
-from pbd_core import DecodeOptions, RawPrompt, StreamEvent
+from pbd_core import DecodeOptions, RawPrompt
 
+from ..chat import render_chat
 from ..registry import get_decoder
-from ..tool_calls import fold_tool_messages, inject_system_text, template_supports_tools, tool_prompt
+from ..runner import aiterate_events, iterate_events
 from .convert import ResponseStream, to_engine_messages, tool_selections
 
 if TYPE_CHECKING:
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
 
 _DECODING_FIELDS = (
     "branches",
-    "max_new_tokens",
     "max_branch_tokens",
     "max_branches",
     "temperature",
@@ -70,10 +68,12 @@ _TOOL_KWARGS = ("tools", "tool_required", "tool_choice")
 class ParallelBranchLLM(FunctionCallingLLM):
     """A local transformers model that decodes independent steps in parallel.
 
-    The fields are the engine's decoding options (`pbd_core.DecodeOptions`);
-    any of them can also be passed per call, e.g.
-    ``llm.chat(messages, branches=["Cats", "Dogs"], max_new_tokens=64)``.
-    Unknown per-call options raise `ValueError`.
+    The fields are the engine's decoding options (`pbd_core.DecodeOptions`),
+    named as in the LangChain model (``max_tokens`` is the engine's
+    ``max_new_tokens``). Any engine option can also be passed per call, e.g.
+    ``llm.chat(messages, branches=["Cats", "Dogs"], max_tokens=64)``; a
+    per-call ``stop`` adds to the field's. Unknown per-call options raise
+    `ValueError`.
     """
 
     model: Any = Field(
@@ -89,14 +89,18 @@ class ParallelBranchLLM(FunctionCallingLLM):
     branches: Optional[list[str]] = Field(
         default=None, description="Caller-given step titles: skip planning and decode these steps in parallel."
     )
-    max_new_tokens: int = Field(default=512, description="Budget for all sampled tokens of an answer.")
+    max_tokens: int = Field(
+        default=512, gt=0, description="Budget for all sampled tokens of an answer (plan, every branch, conclusion)."
+    )
     max_branch_tokens: int = Field(default=256, description="Budget for one branch body.")
     max_branches: int = Field(default=16, description="Most branches in one parallel block.")
     temperature: float = Field(default=0.0, description="Sampling temperature; 0 decodes greedily.")
     top_p: float = Field(default=1.0, description="Nucleus sampling mass.")
     top_k: int = Field(default=0, description="Top-k filter; 0 disables it.")
     seed: Optional[int] = Field(default=None, description="Sampling seed.")
-    stop: Optional[list[str]] = Field(default=None, description="Stop strings (never part of the text).")
+    stop: Optional[list[str]] = Field(
+        default=None, description="Stop strings (never part of the text); a per-call stop adds to these."
+    )
     merge: Literal["reuse", "recompute"] = Field(
         default="reuse", description="How decoding continues after the branches: keep their KV or re-encode them."
     )
@@ -106,15 +110,15 @@ class ParallelBranchLLM(FunctionCallingLLM):
 
     @model_validator(mode="after")
     def _check_options(self) -> "ParallelBranchLLM":
-        if not isinstance(self.model, str) and not hasattr(self.model, "stream"):
-            msg = f"model must be a model source string or a ParallelBranchDecoder, got {type(self.model).__name__}"
-            raise ValueError(msg)
+        """Bad decoding fields fail here; a decoder passed as ``model`` is used as is, ``model`` keeps its source."""
+        if not isinstance(self.model, str):
+            if not hasattr(self.model, "stream"):
+                msg = f"model must be a model source string or a ParallelBranchDecoder, got {type(self.model).__name__}"
+                raise ValueError(msg)
+            self._decoder = self.model
+            self.model = str(getattr(self.model, "source", None) or getattr(self.model, "model_name", "custom"))
         DecodeOptions.from_kwargs(**self._default_options())
         return self
-
-    @field_serializer("model")
-    def _serialize_model(self, model: Any) -> str:
-        return model if isinstance(model, str) else str(getattr(model, "source", type(model).__name__))
 
     @classmethod
     def class_name(cls) -> str:
@@ -132,7 +136,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
         decoder = self.decoder
         return LLMMetadata(
             context_window=decoder.context_window,
-            num_output=self.max_new_tokens,
+            num_output=self.max_tokens,
             is_chat_model=True,
             is_function_calling_model=True,
             model_name=decoder.model_name,
@@ -141,7 +145,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
     # ------------------------------------------------------------------ request building
 
     def _default_options(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _DECODING_FIELDS}
+        return {"max_new_tokens": self.max_tokens, **{name: getattr(self, name) for name in _DECODING_FIELDS}}
 
     def _prepare(
         self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
@@ -153,13 +157,19 @@ class ParallelBranchLLM(FunctionCallingLLM):
         tools = kwargs.pop("tools", None) or None
         tool_required = bool(kwargs.pop("tool_required", False))
         tool_choice = kwargs.pop("tool_choice", None)
+        if "max_tokens" in kwargs:
+            kwargs.setdefault("max_new_tokens", kwargs.pop("max_tokens"))
+        stop = kwargs.pop("stop", None)
         options = {**self._default_options(), **kwargs}
+        if stop is not None:
+            stop = [stop] if isinstance(stop, str) else list(stop)
+            options["stop"] = list(dict.fromkeys([*(self.stop or []), *stop]))
         DecodeOptions.from_kwargs(**options)  # unknown or bad options fail here, with the known names
         tool_choice = _tool_choice_name(tool_choice)
         if tool_choice == "none":
             tools = None
         decoder = self.decoder
-        prompt = RawPrompt(_render(decoder, to_engine_messages(messages), tools))
+        prompt = RawPrompt(render_chat(decoder, to_engine_messages(messages), tools=tools))
         if tools and (tool_required or tool_choice not in (None, "auto")):
             from ..grammar import tool_call_constraint
 
@@ -175,7 +185,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
 
         def gen() -> Iterator[ChatResponse]:
             stream = ResponseStream(model_name=decoder.model_name, tools=tools)
-            for event in decoder.stream(prompt, **options):
+            for event in iterate_events(decoder, prompt, options):
                 yield from stream.feed(event)
 
         return gen()
@@ -186,7 +196,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
 
         async def gen() -> AsyncIterator[ChatResponse]:
             stream = ResponseStream(model_name=decoder.model_name, tools=tools)
-            async for event in _events_in_thread(decoder, prompt, options):
+            async for event in aiterate_events(decoder, prompt, options):
                 for chunk in stream.feed(event):
                     yield chunk
 
@@ -297,16 +307,6 @@ class ParallelBranchLLM(FunctionCallingLLM):
 # ---------------------------------------------------------------------- helpers
 
 
-def _render(decoder: "ParallelBranchDecoder", messages: list[dict[str, Any]], tools: Optional[list[dict]]) -> str:
-    """The prompt text: tools through the chat template, or folded into plain text where it ignores them."""
-    if template_supports_tools(decoder.tokenizer):
-        return decoder.render_messages(messages, tools=tools)
-    messages = fold_tool_messages(messages)
-    if tools:
-        messages = inject_system_text(messages, tool_prompt(tools))
-    return decoder.render_messages(messages)
-
-
 def _tool_choice_name(tool_choice: Union[str, dict, None]) -> Optional[str]:
     """``"auto"``, ``"required"``, ``"none"`` or a tool name; OpenAI's ``{"function": {"name": ...}}`` form accepted."""
     if isinstance(tool_choice, dict):
@@ -333,58 +333,3 @@ def _keep_first_tool_call(message: ChatMessage) -> None:
             seen = True
         kept.append(block)
     message.blocks = kept
-
-
-_DONE = object()
-
-
-class _Failure:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-async def _events_in_thread(
-    decoder: "ParallelBranchDecoder", prompt: RawPrompt, options: dict[str, Any]
-) -> AsyncIterator[StreamEvent]:
-    """Run ``decoder.stream`` in a worker thread; yield its events on the event loop.
-
-    The worker hands each event over with ``call_soon_threadsafe``, so the loop
-    only wakes up for finished events. Leaving the ``async for`` early stops
-    the worker at its next event.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    cancelled = threading.Event()
-
-    def put(item: object) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop was closed under us: nobody is listening any more
-            cancelled.set()
-
-    def work() -> None:
-        try:
-            events = decoder.stream(prompt, **options)
-            try:
-                for event in events:
-                    put(event)
-                    if cancelled.is_set():
-                        break
-            finally:
-                events.close()
-        except BaseException as error:  # handed to the awaiting coroutine, which re-raises it
-            put(_Failure(error))
-        finally:
-            put(_DONE)
-
-    threading.Thread(target=work, name="pbd-llama-index-decode", daemon=True).start()
-    try:
-        while True:
-            item = await queue.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item  # type: ignore[misc]
-    finally:
-        cancelled.set()

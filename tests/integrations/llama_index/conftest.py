@@ -34,7 +34,7 @@ class FakeTokenizer:
         return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
-@dataclass
+@dataclass(eq=False)  # hashable by identity, like a real decoder (the runner keeps a lock per decoder)
 class FakeDecoder:
     """Replays scripted answers as engine events, one word per token.
 
@@ -129,6 +129,6 @@ def llm():
     """The real default model (SmolLM2-135M), greedy, short answers; loaded once per session."""
     from pbd_integrations.llama_index import ParallelBranchLLM
 
-    model = ParallelBranchLLM(max_new_tokens=48, max_branch_tokens=24)
+    model = ParallelBranchLLM(max_tokens=48, max_branch_tokens=24)
     model.decoder  # load now, so the first test does not carry the load time in its timeout
     return model

@@ -54,7 +54,8 @@ def test_construction_loads_nothing():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"max_new_tokens": 0}, "max_new_tokens must be a positive int"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_branch_tokens": 0}, "max_branch_tokens must be a positive int"),
         ({"temperature": -1.0}, "temperature must be a number >= 0"),
         ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
         ({"merge": "fold"}, "merge"),
@@ -69,7 +70,7 @@ def test_bad_fields_fail_at_construction(fields, message):
 
 
 def test_metadata_comes_from_the_decoder(make_llm):
-    llm, decoder = make_llm(max_new_tokens=77)
+    llm, decoder = make_llm(max_tokens=77)
     meta = llm.metadata
     assert meta.context_window == decoder.context_window
     assert meta.num_output == 77
@@ -77,8 +78,10 @@ def test_metadata_comes_from_the_decoder(make_llm):
     assert meta.is_chat_model and meta.is_function_calling_model
 
 
-def test_serializes_with_the_model_source(make_llm):
-    llm, _ = make_llm()
+def test_a_decoder_instance_is_used_as_is_and_serialized_as_its_source(make_llm):
+    llm, decoder = make_llm()
+    assert llm.decoder is decoder
+    assert llm.model == "fake"
     assert llm.to_dict()["model"] == "fake"
     assert llm.to_dict()["class_name"] == "ParallelBranchLLM"
 
@@ -87,18 +90,21 @@ def test_serializes_with_the_model_source(make_llm):
 
 
 def test_fields_are_the_default_options_and_calls_override_them(make_llm):
-    llm, decoder = make_llm(max_new_tokens=30, stop=["END"])
+    llm, decoder = make_llm(max_tokens=30, stop=["END"])
     llm.chat(USER)
-    llm.chat(USER, max_new_tokens=5, branches=["Cats", "Dogs"], merge="recompute")
-    first, second = decoder.calls
+    llm.chat(USER, max_tokens=5, branches=["Cats", "Dogs"], merge="recompute", stop=["\n\n"])
+    llm.chat(USER, max_new_tokens=7)
+    first, second, third = decoder.calls
     assert (first["max_new_tokens"], first["stop"], first["branches"]) == (30, ["END"], None)
     assert (second["max_new_tokens"], second["branches"], second["merge"]) == (5, ["Cats", "Dogs"], "recompute")
+    assert second["stop"] == ["END", "\n\n"]  # a per-call stop adds to the field's
+    assert third["max_new_tokens"] == 7  # the engine's own name works too
 
 
 def test_unknown_option_fails_before_decoding_and_names_the_known_ones(make_llm):
     llm, decoder = make_llm()
-    with pytest.raises(ValueError, match=r"unknown decoding option\(s\) \['max_tokens'\].*max_new_tokens"):
-        llm.stream_chat(USER, max_tokens=5)
+    with pytest.raises(ValueError, match=r"unknown decoding option\(s\) \['max_length'\].*max_new_tokens"):
+        llm.stream_chat(USER, max_length=5)
     assert decoder.calls == []
 
 
