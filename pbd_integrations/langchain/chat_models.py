@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
+from contextlib import aclosing
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, Literal
@@ -591,8 +592,9 @@ class ChatParallelBranch(BaseChatModel):
     ) -> AsyncIterator[AIMessageChunk]:
         config, run_id = _register_stream_run(config)
         try:
-            async for chunk in super().astream(input, config, stop=stop, **{_RUN_ID_KWARG: run_id}, **kwargs):
-                yield chunk
+            async with aclosing(super().astream(input, config, stop=stop, **{_RUN_ID_KWARG: run_id}, **kwargs)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
         finally:
             _STREAM_RUNS.pop(run_id, None)
 
