@@ -46,6 +46,7 @@ class TreeCache:
         self.branch = empty.clone()  # [L]
         self.position = empty.clone()  # [L]
         self.ctx_end = empty.clone()  # [L]
+        self.visible = torch.empty(0, dtype=torch.bool, device=device)  # [L]; False: hidden from later tokens
 
     def __len__(self) -> int:
         return int(self.branch.numel())
@@ -81,6 +82,7 @@ class TreeCache:
         self.branch = torch.cat([self.branch, q_branch])
         self.position = torch.cat([self.position, q_position])
         self.ctx_end = torch.cat([self.ctx_end, q_ctx_end])
+        self.visible = torch.cat([self.visible, torch.ones(n, dtype=torch.bool, device=self.device)])
         mask = self._mask(q_slot, q_branch, q_position, q_ctx_end)
         return q_position[None], mask
 
@@ -88,7 +90,7 @@ class TreeCache:
         self, q_slot: torch.Tensor, q_branch: torch.Tensor, q_position: torch.Tensor, q_ctx_end: torch.Tensor
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         kv_slot = torch.arange(len(self), device=self.device)
-        allowed = tree_predicate(q_slot, q_branch, q_ctx_end, kv_slot, self.branch)
+        allowed = tree_predicate(q_slot, q_branch, q_ctx_end, kv_slot, self.branch) & self.visible[None, :]
         if self.layer_windows is None:
             return to_additive(allowed, self.mask_dtype)
         masks = {}
@@ -108,6 +110,12 @@ class TreeCache:
         self.branch = self.branch[:length]
         self.position = self.position[:length]
         self.ctx_end = self.ctx_end[:length]
+        self.visible = self.visible[:length]
+
+    def hide(self, slots: list[int]) -> None:
+        """Hide slots from every token written after now (text that turned out not to belong to a branch)."""
+        if slots:
+            self.visible[torch.tensor(slots, device=self.device)] = False
 
     def trunk_positions(self, n: int) -> list[int]:
         start = self.next_trunk_position

@@ -61,13 +61,14 @@ class _Branch:
     seed_ids: list[int]
     context_ids: list[int]
     stream: TextStream
-    next_position: int
+    next_position: int  # position id of the next body token
     constraint: Any = None
     emitted: int = 0
     finish: FinishReason | None = None
     body: str = ""
-    pending: int | None = None  # sampled but not yet fed (only kept for "length")
-    fed: int = 0  # body tokens written to the cache
+    pending: int | None = None  # the newest sampled token, not yet written to the cache
+    slots: list[int] = field(default_factory=list)  # cache slot of every body token written so far
+    owed: list[int] = field(default_factory=list)  # tokens the cache still needs so it matches the body text
 
 
 @dataclass
@@ -399,22 +400,24 @@ class DecodeRun:
         live = list(branches)
         while live:
             self.stats.max_live_branches = max(self.stats.max_live_branches, len(live))
+            if self.budget_left < len(live):  # not enough budget for one more token of every branch
+                for b in live:
+                    yield from self._end_branch(b, "length", len(b.stream.text))
+                break
             tokens = self._sample_rows(logits, live)
             for b, token in zip(live, tokens):
                 self._count()
                 yield from self._advance_branch(b, token)
-            if self.budget_left < sum(b.finish is None for b in live):
-                for b in live:
-                    if b.finish is None:
-                        yield from self._end_branch(b, "length", len(b.stream.text))
             live = [b for b in live if b.finish is None]
             if not live:
                 break
             # One forward pass: the newest token of every live branch.
             ids = [b.pending for b in live]
             positions = [b.next_position for b in live]
-            for b in live:
-                b.pending, b.next_position, b.fed = None, b.next_position + 1, b.fed + 1
+            first_slot = len(self.cache)
+            for row, b in enumerate(live):
+                b.slots.append(first_slot + row)
+                b.pending, b.next_position = None, b.next_position + 1
             logits = self._forward(ids, [b.branch_id for b in live], positions, block_slot, list(range(len(live))))
         for b in branches:
             self._record_branch(b, block=self.blocks)
@@ -460,10 +463,27 @@ class DecodeRun:
             b.emitted = end
 
     def _end_branch(self, b: _Branch, reason: FinishReason, text_end: int) -> Iterator[StreamEvent]:
+        """End ``b``; work out what its cache entries must become so they say exactly ``b.body``.
+
+        A marker or stop string can span tokens: tokens after the body end that were
+        already written are hidden from everything that follows, and any text of
+        the body inside the ending token is owed as freshly encoded tokens.
+        """
         b.finish = reason
         b.body = b.stream.text[:text_end]
-        if reason != "length":
-            b.pending = None  # the ending token is never written to the cache
+        if reason == "length":
+            b.owed = [b.pending] if b.pending is not None else []
+        elif reason == "eos":
+            b.owed = []
+        else:
+            keep = b.stream.tokens_before(text_end)
+            leftover = b.stream.text[b.stream.ends[keep - 1] if keep else 0 : text_end]
+            self.cache.hide(b.slots[keep:])
+            b.next_position -= len(b.slots) - min(keep, len(b.slots))
+            b.slots = b.slots[:keep]
+            # (positions stay contiguous: the owed tokens take the places of the hidden ones)
+            b.owed = encode(self.tokenizer, leftover) if leftover else []
+        b.pending = None
         tail = b.body[b.emitted :] + branch_separator(b.body)
         if tail:
             yield TokenEvent(tail, b.index, "parallel", None)
@@ -497,19 +517,18 @@ class DecodeRun:
             text = "".join(seed_text(b.title) + b.body + branch_separator(b.body) for b in branches) + CLOSE_MARKER
             logits = self._forward_trunk(encode(self.tokenizer, text))
         else:
-            # Keep every branch's KV; branches that ran out of budget still owe their last token.
-            owed = [b for b in branches if b.pending is not None]
-            ids = [b.pending for b in owed]
-            branch_ids = [b.branch_id for b in owed]
-            positions = [b.next_position for b in owed]
-            for b in owed:
-                b.next_position += 1
+            # Keep every branch's KV; write what branches still owe together with the close marker.
+            ids, branch_ids, positions = [], [], []
+            for b in branches:
+                ids += b.owed
+                branch_ids += [b.branch_id] * len(b.owed)
+                positions += list(range(b.next_position, b.next_position + len(b.owed)))
+                b.next_position += len(b.owed)
+            ctx_end = [block_slot] * len(ids) + [TRUNK] * len(close_ids)
             self.trunk_position = max(b.next_position for b in branches)
-            trunk_start = self.trunk_position
             ids += close_ids
             branch_ids += trunk(len(close_ids))
-            positions += list(range(trunk_start, trunk_start + len(close_ids)))
-            ctx_end = [block_slot] * len(owed) + [TRUNK] * len(close_ids)
+            positions += list(range(self.trunk_position, self.trunk_position + len(close_ids)))
             self.trunk_position += len(close_ids)
             logits = self._forward(ids, branch_ids, positions, ctx_end, None)
         yield from self._write_trunk(CLOSE_MARKER, close_ids)
@@ -535,6 +554,7 @@ class DecodeRun:
             yield BranchStartEvent(b.index, title, self.blocks)
             yield TokenEvent(seed_text(title), b.index, "parallel", None)
             logits = self._forward_trunk(seed)
+            body_slot = len(self.cache)
             while b.finish is None:
                 if self.budget_left <= 0:
                     yield from self._end_branch(b, "length", len(b.stream.text))
@@ -543,11 +563,16 @@ class DecodeRun:
                 self._count()
                 yield from self._advance_branch(b, token)
                 if b.finish is None:
-                    b.pending, b.next_position, b.fed = None, b.next_position + 1, b.fed + 1
+                    b.slots.append(len(self.cache))
+                    b.pending, b.next_position = None, b.next_position + 1
                     logits = self._forward_trunk([token])
-            if b.pending is not None:  # ended by length: its last token joins the text the next step sees
-                self._forward_trunk([b.pending])
-                b.pending = None
+            # Slots are contiguous here: roll back what follows the body, then write what it owes.
+            hidden = len(self.cache) - (body_slot + len(b.slots))
+            if hidden:
+                self._crop(body_slot + len(b.slots))
+                self.trunk_position -= hidden
+            if b.owed:
+                self._forward_trunk(b.owed)
             self._record_branch(b, block=self.blocks)
         self._enter("merge")
         if self.budget_left <= 0:

@@ -46,6 +46,7 @@ COMMON = dict(
     eos_token_id=256,
     pad_token_id=257,
     bos_token_id=None,
+    tie_word_embeddings=False,  # tied random embeddings make Gemma 3 repeat one byte forever
 )
 
 
