@@ -14,7 +14,8 @@ model computes. ``complete*`` are delegations to ``chat*``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Literal, Optional, Sequence, Union
+import asyncio
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional, Sequence, Union
 
 from llama_index.core.base.llms.generic_utils import (
     achat_to_completion_decorator,
@@ -142,6 +143,23 @@ class ParallelBranchLLM(FunctionCallingLLM):
             model_name=decoder.model_name,
         )
 
+    def to_payload(self) -> dict[str, Any]:
+        """What callback and instrumentation events show of this LLM.
+
+        LlamaIndex builds it at the start of every call, on the caller's thread:
+        before the weights are loaded it reports the fields instead of loading
+        them there (an async caller would block its event loop).
+        """
+        if self._decoder is not None:
+            return super().to_payload()
+        return {
+            "class_name": self.class_name(),
+            "model_name": self.model,
+            "num_output": self.max_tokens,
+            "is_chat_model": True,
+            "is_function_calling_model": True,
+        }
+
     # ------------------------------------------------------------------ request building
 
     def _default_options(self) -> dict[str, Any]:
@@ -190,18 +208,6 @@ class ParallelBranchLLM(FunctionCallingLLM):
 
         return gen()
 
-    def _astream_responses(self, messages: Sequence[ChatMessage], **kwargs: Any) -> AsyncIterator[ChatResponse]:
-        prompt, options, tools = self._prepare(messages, kwargs)
-        decoder = self.decoder
-
-        async def gen() -> AsyncIterator[ChatResponse]:
-            stream = ResponseStream(model_name=decoder.model_name, tools=tools)
-            async for event in aiterate_events(decoder, prompt, options):
-                for chunk in stream.feed(event):
-                    yield chunk
-
-        return gen()
-
     # ------------------------------------------------------------------ chat
 
     @llm_chat_callback()
@@ -230,13 +236,23 @@ class ParallelBranchLLM(FunctionCallingLLM):
 
     async def _achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         response = None
-        async for response in self._astream_responses(messages, **kwargs):
+        async for response in await self._astream_chat(messages, **kwargs):
             pass
         assert response is not None, "the engine stream always ends with a final chunk"
         return response
 
     async def _astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        return self._astream_responses(messages, **kwargs)
+        # Loading the weights (first call) and building a tool grammar take seconds: not on the loop.
+        prompt, options, tools = await asyncio.to_thread(self._prepare, messages, kwargs)
+        decoder = self.decoder
+
+        async def gen() -> ChatResponseAsyncGen:
+            stream = ResponseStream(model_name=decoder.model_name, tools=tools)
+            async for event in aiterate_events(decoder, prompt, options):
+                for chunk in stream.feed(event):
+                    yield chunk
+
+        return gen()
 
     # ------------------------------------------------------------------ completion (delegations)
 

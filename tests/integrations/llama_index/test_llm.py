@@ -177,6 +177,30 @@ async def test_async_calls_leave_the_event_loop_free(make_llm):
     assert ticks >= 0.4 / 0.005 / 4  # at least a quarter of the ticks a free loop gets
 
 
+async def test_the_first_async_call_loads_the_weights_off_the_loop(make_decoder, monkeypatch):
+    import pbd_integrations.llama_index.base as base
+
+    def slow_load(model, **kwargs):
+        time.sleep(0.3)
+        return make_decoder()
+
+    monkeypatch.setattr(base, "get_decoder", slow_load)
+    llm = ParallelBranchLLM(model="somewhere")
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    response = await llm.achat(USER)
+    task.cancel()
+    assert response.message.content == "Hello there friend."
+    assert ticks >= 15  # 0.3 s of loading: a blocked loop would not tick at all
+
+
 async def test_two_async_calls_run_concurrently_with_the_loop(make_llm):
     llm, _ = make_llm(answers=["a b c d e"], delay=0.01)
     first, second = await asyncio.gather(llm.achat(USER), llm.achat(USER))
@@ -298,6 +322,22 @@ def test_bad_tool_choice_is_a_clear_error(make_llm):
     llm, _ = make_llm()
     with pytest.raises(ValueError, match="tool_choice"):
         llm.chat_with_tools([ADD], user_msg="x", tool_choice=3)
+
+
+@pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecationWarning")  # from the workflows package
+@pytest.mark.parametrize("streaming", [True, False])
+async def test_function_agent_round_trip(make_llm, streaming):
+    from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
+
+    call = '<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>'
+    llm, decoder = make_llm(answers=[call, "The sum is 5."])
+    agent = FunctionAgent(tools=[ADD], llm=llm, streaming=streaming)
+    handler = agent.run("What is 2+3?")
+    results = [ev.tool_output.content async for ev in handler.stream_events() if isinstance(ev, ToolCallResult)]
+    assert results == ["5"]
+    assert str(await handler) == "The sum is 5."
+    first, second = decoder.calls
+    assert "<tool_response>\n5\n</tool_response>" in second["prompt"]
 
 
 def test_text_answer_keeps_its_text_block(make_llm):
