@@ -26,7 +26,7 @@ import torch
 
 from .tool_calls import TOOL_CALL_END, TOOL_CALL_START
 
-_JSON_OPTIONS = {"whitespace_flexible": False}
+_JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 _tokenizer_lock = threading.Lock()
 _ll_tokenizers: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
