@@ -33,6 +33,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
     MessageRole,
+    ToolCallBlock,
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
@@ -63,7 +64,6 @@ _DECODING_FIELDS = (
     "merge",
     "parallel",
 )
-_TOOL_KWARGS = ("tools", "tool_required", "tool_choice")
 
 
 class ParallelBranchLLM(FunctionCallingLLM):
@@ -197,7 +197,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
             options["parallel"] = False
         return prompt, options, tools is not None
 
-    def _stream_responses(self, messages: Sequence[ChatMessage], **kwargs: Any) -> Iterator[ChatResponse]:
+    def _stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> Iterator[ChatResponse]:
         prompt, options, tools = self._prepare(messages, kwargs)
         decoder = self.decoder
 
@@ -216,7 +216,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        return self._stream_responses(messages, **kwargs)
+        return self._stream_chat(messages, **kwargs)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -229,7 +229,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
     # Undecorated versions: the completion methods delegate here, so one call is one callback event.
     def _chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         response = None
-        for response in self._stream_responses(messages, **kwargs):
+        for response in self._stream_chat(messages, **kwargs):
             pass
         assert response is not None, "the engine stream always ends with a final chunk"
         return response
@@ -262,7 +262,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        return stream_chat_to_completion_decorator(self._stream_responses)(prompt, **kwargs)
+        return stream_chat_to_completion_decorator(self._stream_chat)(prompt, **kwargs)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
@@ -338,8 +338,6 @@ def _tool_choice_name(tool_choice: Union[str, dict, None]) -> Optional[str]:
 
 
 def _keep_first_tool_call(message: ChatMessage) -> None:
-    from llama_index.core.base.llms.types import ToolCallBlock
-
     seen = False
     kept = []
     for block in message.blocks:

@@ -129,6 +129,6 @@ def llm():
     """The real default model (SmolLM2-135M), greedy, short answers; loaded once per session."""
     from pbd_integrations.llama_index import ParallelBranchLLM
 
-    model = ParallelBranchLLM(max_tokens=48, max_branch_tokens=24)
+    model = ParallelBranchLLM(max_tokens=32, max_branch_tokens=16)
     model.decoder  # load now, so the first test does not carry the load time in its timeout
     return model

@@ -43,17 +43,19 @@ def index():
     return VectorStoreIndex.from_documents([Document(text=t) for t in DOCUMENTS], embed_model=embed_model)
 
 
-def test_query_engine_answers_from_the_retrieved_document(index, llm):
-    engine = index.as_query_engine(llm=llm, similarity_top_k=1)
-    response = engine.query(QUESTION)
-    assert response.source_nodes[0].node.get_content() == DOCUMENTS[0]
-    assert "purple" in str(response).lower()
+@pytest.fixture(scope="module")
+def answer(index, llm):
+    return index.as_query_engine(llm=llm, similarity_top_k=1).query(QUESTION)
 
 
-def test_streaming_query_engine_streams_the_same_answer(index, llm):
-    answer = str(index.as_query_engine(llm=llm, similarity_top_k=1).query(QUESTION))
+def test_query_engine_answers_from_the_retrieved_document(answer):
+    assert answer.source_nodes[0].node.get_content() == DOCUMENTS[0]
+    assert "purple" in str(answer).lower()
+
+
+def test_streaming_query_engine_streams_the_same_answer(index, llm, answer):
     streaming = index.as_query_engine(llm=llm, similarity_top_k=1, streaming=True).query(QUESTION)
-    assert "".join(streaming.response_gen) == answer
+    assert "".join(streaming.response_gen) == str(answer)
 
 
 def test_parallel_text_qa_template_works_in_a_query_engine(index, llm):

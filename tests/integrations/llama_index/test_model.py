@@ -30,7 +30,7 @@ def test_metadata_reads_the_model_config(llm):
     config = llm.decoder.model.config
     assert llm.metadata.context_window == config.max_position_embeddings == 8192
     assert llm.metadata.model_name == "SmolLM2-135M-Instruct"
-    assert llm.metadata.num_output == 48
+    assert llm.metadata.num_output == 32
 
 
 def test_instances_share_one_decoder(llm):
@@ -42,7 +42,7 @@ def test_instances_share_one_decoder(llm):
 @pytest.mark.parametrize("branches", [None, ["Cats", "Dogs"]], ids=["plain", "branches"])
 def test_stream_text_equals_complete_text(llm, branches):
     prompt = "Compare cats and dogs as pets in one sentence each."
-    options = {"branches": branches, "max_new_tokens": 16, "max_branch_tokens": 6}
+    options = {"branches": branches, "max_tokens": 12, "max_branch_tokens": 5}
     completion = llm.complete(prompt, **options)
     chunks = list(llm.stream_complete(prompt, **options))
     assert completion.text
