@@ -204,7 +204,10 @@ class DecodeRun:
     # ------------------------------------------------------------------ top level
 
     def events(self) -> Iterator[StreamEvent]:
-        logits = self._forward_trunk(self.prompt_ids)  # prefill
+        forced: list[int] = []
+        if self.options.force_plan and self.options.branches is None:
+            forced = encode(self.tokenizer, STEP_MARKER)  # the answer starts with a title list
+        logits = self._forward_trunk(self.prompt_ids + forced)  # prefill
         finish: FinishReason | None = None
         if self.options.branches is not None:
             if self.options.parallel:
@@ -212,7 +215,8 @@ class DecodeRun:
             else:
                 logits, finish = yield from self._sequential_steps(list(self.options.branches))
         while finish is None:
-            outcome = yield from self._trunk_run(logits)
+            outcome = yield from self._trunk_run(logits, forced)
+            forced = []
             if outcome.finish is not None:
                 finish = outcome.finish
                 break
@@ -238,10 +242,23 @@ class DecodeRun:
 
     # ------------------------------------------------------------------ trunk
 
-    def _trunk_run(self, logits: torch.Tensor) -> Iterator[StreamEvent]:
-        """Decode shared text until EOS, a stop string, the budget, or a complete title list."""
-        segment = _Segment(TextStream(self.tokenizer, self.slot_ids[-4:]), start_slot=len(self.cache))
+    def _trunk_run(self, logits: torch.Tensor, forced: list[int] = ()) -> Iterator[StreamEvent]:
+        """Decode shared text until EOS, a stop string, the budget, or a complete title list.
+
+        ``forced`` are tokens the engine already wrote at the start of this run (a
+        ``####`` that opens a plan): they belong to the run's text but were not sampled.
+        """
+        start_slot = len(self.cache) - len(forced)
+        segment = _Segment(TextStream(self.tokenizer, self.slot_ids[max(0, start_slot - 4) : start_slot]), start_slot)
+        for token in forced:
+            segment.stream.push(token)
+        segment.fed = len(forced)
         search_from = 0
+        if forced and self.planning:
+            outcome = yield from self._plan_titles(segment, 0, logits)
+            if outcome is not None:
+                return outcome
+            search_from, logits = len(STEP_MARKER), self._last_logits
         while True:
             if self.budget_left <= 0 or self.trunk_position >= self.context_window:
                 yield from self._close_segment(segment, len(segment.stream.text))
@@ -261,7 +278,8 @@ class DecodeRun:
             if self.planning and self.blocks < MAX_BLOCKS:
                 marker = text.find(STEP_MARKER, max(search_from, before - len(STEP_MARKER)))
                 if marker != -1:
-                    outcome = yield from self._plan_titles(segment, marker, token)
+                    logits = self._feed_trunk_token(segment, token)
+                    outcome = yield from self._plan_titles(segment, marker, logits)
                     if outcome is not None:
                         return outcome
                     search_from = marker + len(STEP_MARKER)  # malformed: the text stays, keep decoding
@@ -285,7 +303,7 @@ class DecodeRun:
         self.parts.append(stream.text[:text_end])
         self.answer_ids.extend(stream.token_ids[: stream.tokens_before(text_end)])
 
-    def _plan_titles(self, segment: _Segment, marker: int, token: int) -> Iterator[StreamEvent]:
+    def _plan_titles(self, segment: _Segment, marker: int, logits: torch.Tensor) -> Iterator[StreamEvent]:
         """The model wrote ``####``: read its title list, or give up and leave the text alone.
 
         Returns an `_Outcome` with the titles when a list was read (or with a finish
@@ -296,7 +314,6 @@ class DecodeRun:
         stream = segment.stream
         after_marker = marker + len(STEP_MARKER)
         # Read the first title with the model's own tokens (nothing is rolled back yet).
-        logits = self._feed_trunk_token(segment, token)
         read = read_title(stream.text[after_marker:])
         for _ in range(MAX_TITLE_TOKENS):
             if read.status != "pending":

@@ -47,6 +47,10 @@ class DecodeOptions:
     ``recompute``: re-encode the branches as one sequential text before the conclusion (the paper's merge)."""
     parallel: bool = True
     """False decodes the same prompt plainly, token by token: the baseline."""
+    force_plan: bool = False
+    """Start the answer with a title list: the engine writes the first ``####`` itself, so a model
+    that does not follow the format instruction on its own still lists steps. Ignored with ``branches``.
+    With ``parallel=False`` the same ``####`` starts the plain answer, so both modes see the same text."""
     constraint: Callable[[], Any] | None = field(default=None, compare=False)
     """Factory of a `pbd_core.TokenConstraint`; one instance is made per stream (main stream and each branch)."""
 
@@ -100,7 +104,7 @@ class DecodeOptions:
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise ValueError(f"unknown decoding option(s) {unknown}; known options: {sorted(known)}")
-        if kwargs.get("branches") is not None:
+        if kwargs.get("branches") is not None and not isinstance(kwargs["branches"], str):
             kwargs["branches"] = list(kwargs["branches"])
         if kwargs.get("stop") is not None and not isinstance(kwargs["stop"], str):
             kwargs["stop"] = list(kwargs["stop"])

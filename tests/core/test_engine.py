@@ -214,3 +214,24 @@ def test_finished_branches_leave_the_batch_at_once():
     steps = model.calls[2 : 2 + max(lengths) - 1]
     assert steps == [sum(n > i for n in lengths) for i in range(1, max(lengths))]
     assert steps[:9] == [3] * 9 and steps[-1] == 1
+
+
+def test_force_plan_writes_the_first_marker_so_the_model_only_lists_titles():
+    decoder = decoder_for(
+        ("Q\n####", "Apples:"),  # the model would not start a plan itself: no rule after "Q\n"
+        ("Apples: ...\n####", "Bananas:"),
+        ("Bananas: ...\n####", "%%%%"),
+        *FRUIT_BODIES[:2],
+        ("####%%%%", "\nDone."),
+    )
+    assert decoder.generate(RawPrompt("Q\n")).text == ""
+    result = decoder.generate(RawPrompt("Q\n"), force_plan=True)
+    assert result.text == "####Apples: red.\n####Bananas: long and yellow.\n####%%%%\nDone."
+    assert result.parallel
+
+
+def test_force_plan_with_plain_decoding_starts_the_answer_with_the_same_marker():
+    decoder = decoder_for(("Q\n####", "A: one\n####%%%%\nEnd"), leak_guard=())
+    result = decoder.generate(RawPrompt("Q\n"), force_plan=True, parallel=False)
+    assert result.text == "####A: one\n####%%%%\nEnd"
+    assert [(b.title, b.text) for b in result.branches] == [("A", " one\n")]
