@@ -33,10 +33,12 @@ def test_metadata_reads_the_model_config(llm):
     assert llm.metadata.num_output == 32
 
 
-def test_instances_share_one_decoder(llm):
+def test_instances_share_one_decoder_with_each_other_and_the_langchain_model(llm):
     from pbd_integrations.llama_index import ParallelBranchLLM
 
     assert ParallelBranchLLM(temperature=0.5).decoder is llm.decoder
+    langchain = pytest.importorskip("pbd_integrations.langchain")
+    assert langchain.ChatParallelBranch().decoder is llm.decoder
 
 
 @pytest.mark.parametrize("branches", [None, ["Cats", "Dogs"]], ids=["plain", "branches"])
@@ -84,7 +86,7 @@ async def test_async_answers_equal_the_sync_ones(llm):
 
 def test_required_tool_call_is_decoded_under_the_grammar(llm):
     tool = FunctionTool.from_defaults(fn=add)
-    response = llm.chat_with_tools([tool], user_msg="What is 2 plus 3?", tool_required=True)
+    response = llm.chat_with_tools([tool], user_msg="What is 2 plus 3?", tool_required=True, max_tokens=64)
     (block,) = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
     assert block.tool_name == "add"
     assert set(block.tool_kwargs) == {"a", "b"}
@@ -95,13 +97,14 @@ def test_required_tool_call_is_decoded_under_the_grammar(llm):
 
 
 def test_structured_predict_returns_the_pydantic_model(llm):
-    city = llm.structured_predict(City, PromptTemplate("Name the capital city of {country}."), country="France")
+    prompt = PromptTemplate("Name the capital city of {country}.")
+    city = llm.structured_predict(City, prompt, llm_kwargs={"max_tokens": 64}, country="France")
     assert isinstance(city, City)
     assert city.name and city.country
 
 
 async def test_structured_llm_returns_the_pydantic_model(llm):
     structured = llm.as_structured_llm(City)
-    response = await structured.acomplete("Name the capital city of France.")
+    response = await structured.acomplete("Name the capital city of France.", max_tokens=64)
     assert isinstance(response.raw, City)
     assert City.model_validate_json(response.text) == response.raw
