@@ -109,7 +109,11 @@ def json_schema_constraint(tokenizer: Any, schema: dict[str, Any]) -> Callable[[
 
 
 def tool_call_constraint(
-    tokenizer: Any, tools: list[dict[str, Any]], tool_choice: str | None = "required"
+    tokenizer: Any,
+    tools: list[dict[str, Any]],
+    tool_choice: str | None = "required",
+    *,
+    response_schema: dict[str, Any] | None = None,
 ) -> Callable[[], LLGuidanceConstraint]:
     """Factory of constraints for tool calling in the ``<tool_call>{...}</tool_call>`` format.
 
@@ -118,6 +122,8 @@ def tool_call_constraint(
         tool_choice: ``"required"``/``"any"``: exactly one call to one of the tools;
             a tool name: one call to that tool; ``"auto"``: either a call or plain
             text that contains no ``<tool_call>`` tag.
+        response_schema: With ``"auto"``, the answer that is not a call must be JSON for this
+            schema instead of free text (an agent's structured final answer).
     """
     functions = [tool.get("function", tool) for tool in tools]
     if not functions:
@@ -132,7 +138,10 @@ def tool_call_constraint(
     schema = {"anyOf": [_call_schema(f) for f in chosen]} if len(chosen) > 1 else _call_schema(chosen[0])
     schema["x-guidance"] = _JSON_OPTIONS
     call = f"call: {json.dumps(TOOL_CALL_START)} \"\\n\" %json {json.dumps(schema)} \"\\n\" {json.dumps(TOOL_CALL_END)}"
-    if tool_choice == "auto":
+    if tool_choice == "auto" and response_schema is not None:
+        answer = dict(close_objects(response_schema), **{"x-guidance": _JSON_OPTIONS})
+        start = f"start: call | answer\nanswer: %json {json.dumps(answer)}"
+    elif tool_choice == "auto":
         start = 'start: call | TEXT\nTEXT: /(.|\\n)+/ & ~/(.|\\n)*<tool_call>(.|\\n)*/'
     else:
         start = "start: call"

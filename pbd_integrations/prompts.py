@@ -18,16 +18,26 @@ from __future__ import annotations
 import string
 
 PARALLEL_SYSTEM_PROMPT = (
-    "You are a helpful assistant. When you need to handle multiple parallel independent steps, "
-    "do not number them: prefix each step with '####', then the step's title, then a colon ':', "
-    "then the step itself. After all steps output '####%%%%' and then the conclusion.\n"
+    "When you need to handle multiple parallel independent steps, split your answer into steps: "
+    "start each step with '####', then the step's title, then a colon ':', then the step itself. "
+    "After all steps output '####%%%%' and then the conclusion.\n"
     "Example:\n"
-    "####Step A: <work for step A>\n"
-    "####Step B: <work for step B>\n"
+    "Question: Which of these are fruits: apple, carrot?\n"
+    "Answer:\n"
+    "####Apple: An apple is a fruit.\n"
+    "####Carrot: A carrot is a vegetable.\n"
     "####%%%%\n"
-    "<conclusion that uses the steps>"
+    "The apple is a fruit; the carrot is not."
 )
-"""The paper's instruction: independent steps as ``####title:`` branches, closed by ``####%%%%``."""
+"""The paper's instruction (independent steps as ``####title:`` branches, closed by ``####%%%%``) with a worked example.
+
+Measured on SmolLM2-135M-Instruct (greedy, 4 questions: items, options,
+sub-questions, facts): the instruction alone produced the format 0/4 times
+as a system message; with the worked example, 1/4 as a system message and
+2/4 inside the user message. Small models follow it best in the user turn,
+so the LangChain templates put it there. Caller-given ``branches`` do not
+depend on the model following it at all.
+"""
 
 CHECK_EACH_ITEM = (
     PARALLEL_SYSTEM_PROMPT

@@ -173,9 +173,13 @@ def _response_schema(response_format: dict[str, Any] | None) -> tuple[bool, dict
 
 @functools.lru_cache(maxsize=64)
 def _cached_constraint(tokenizer: Any, kind: str, spec: str, tool_choice: str) -> Callable[[], Any]:
-    """Grammar factories are compiled once per tokenizer and spec (compiling costs up to a second)."""
+    """Grammar factories are compiled once per tokenizer and spec (compiling costs up to a second).
+
+    ``spec`` is JSON: the schema for ``kind="json"``; ``{"tools", "response_schema"}`` for ``kind="tools"``.
+    """
     if kind == "tools":
-        return tool_call_constraint(tokenizer, json.loads(spec), tool_choice)
+        request = json.loads(spec)
+        return tool_call_constraint(tokenizer, request["tools"], tool_choice, response_schema=request["response_schema"])
     return json_schema_constraint(tokenizer, json.loads(spec))
 
 
@@ -514,10 +518,13 @@ class ChatParallelBranch(BaseChatModel):
         choice = _normalize_tool_choice(tool_choice, [t["function"]["name"] for t in tools]) if tools else "none"
         if choice == "none":
             tools = None
-        system_text = json_instructions(schema) if wants_json and not tools else None
+        system_text = json_instructions(schema) if wants_json else None
         prompt = RawPrompt(render_chat(decoder, _convert_messages(messages), tools=tools, system_text=system_text))
         if tools:
-            spec = json.dumps(tools, sort_keys=True)
+            # With tools and a response format (an agent's structured answer), the model
+            # either calls a tool or answers with JSON for the schema.
+            response_schema = (schema or {"type": "object"}) if wants_json else None
+            spec = json.dumps({"tools": tools, "response_schema": response_schema}, sort_keys=True)
             options["constraint"] = _cached_constraint(decoder.tokenizer, "tools", spec, choice)
         elif wants_json:
             spec = json.dumps(schema or {"type": "object"}, sort_keys=True)

@@ -1,7 +1,9 @@
 """`ChatPromptTemplate` versions of `pbd_integrations.prompts`.
 
-Each template is a system message (the branch-format instructions, with the
-variant's placeholders) followed by the user's ``{question}``::
+Each template is one human message: the branch-format instructions (with the
+variant's placeholders), then ``Question: {question}``. Small models follow
+the format more often there than in a system message (see
+`pbd_integrations.prompts.PARALLEL_SYSTEM_PROMPT`)::
 
     chain = CHECK_EACH_ITEM_PROMPT | ChatParallelBranch() | StrOutputParser()
     chain.invoke({"items": "eggs; milk; flour", "question": "Is each item vegan?"})
@@ -15,13 +17,13 @@ from pbd_integrations.prompts import TEMPLATES
 
 
 def branch_prompt(kind: str = "parallel") -> ChatPromptTemplate:
-    """A chat prompt for template ``kind`` (see `pbd_integrations.prompts.TEMPLATES`), plus ``{question}``."""
+    """A chat prompt for template ``kind`` (see `pbd_integrations.prompts.TEMPLATES`) and a ``{question}``."""
     try:
         system = TEMPLATES[kind]
     except KeyError:
         msg = f"unknown prompt template {kind!r}; known: {sorted(TEMPLATES)}"
         raise ValueError(msg) from None
-    return ChatPromptTemplate.from_messages([("system", system), ("human", "{question}")])
+    return ChatPromptTemplate.from_messages([("human", system + "\n\nQuestion: {question}\nAnswer:")])
 
 
 PARALLEL_PROMPT = branch_prompt("parallel")

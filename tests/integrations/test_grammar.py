@@ -151,3 +151,16 @@ def test_close_objects_forbids_extra_keys_only_where_unspecified() -> None:
     assert closed["properties"]["inner"]["additionalProperties"] is False
     assert closed["properties"]["free"]["additionalProperties"] is True
     assert "additionalProperties" not in schema  # the caller's schema is untouched
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_auto_with_a_response_schema_yields_a_call_or_valid_json(tokenizer, seed: int) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    factory = tool_call_constraint(tokenizer, TOOLS, "auto", response_schema=schema)
+    text, finished = random_decode(tokenizer, factory, seed)
+    assert finished, text
+    content, calls = parse_tool_calls(text)
+    if calls:
+        assert content == "" and calls[0].name in {t["function"]["name"] for t in TOOLS}
+    else:
+        jsonschema.validate(json.loads(content), schema)

@@ -198,8 +198,9 @@ def test_tool_calls_are_parsed_and_streamed_as_chunks(grammar_requests: list) ->
     prompt = decoder.calls[0][0].text
     assert '"name": "get_weather"' in prompt and "<tool_call>" in prompt
     # Decoding ran under the tool-call grammar of the bound tools.
-    kind, tools, choice = grammar_requests[0]
-    assert (kind, [t["function"]["name"] for t in tools], choice) == ("tools", ["get_weather"], "auto")
+    kind, request, choice = grammar_requests[0]
+    assert (kind, [t["function"]["name"] for t in request["tools"]], choice) == ("tools", ["get_weather"], "auto")
+    assert request["response_schema"] is None
     assert decoder.calls[0][1]["constraint"] is not None
 
 
@@ -236,7 +237,20 @@ def test_structured_output_decodes_under_the_matching_grammar(grammar_requests: 
     if kind == "json":
         assert {k: v for k, v in requested_spec.items() if k != "title"} == spec
     else:
-        assert [t["function"]["name"] for t in requested_spec] == ["Place"] and choice == "Place"
+        assert [t["function"]["name"] for t in requested_spec["tools"]] == ["Place"] and choice == "Place"
+
+
+def test_tools_with_a_response_format_allow_a_call_or_the_structured_answer(grammar_requests: list) -> None:
+    """What LangChain's create_agent sends with a ProviderStrategy: tools plus an OpenAI-style response_format."""
+    schema = {"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}
+    response_format = {"type": "json_schema", "json_schema": {"name": "Out", "schema": schema, "strict": True}}
+    decoder = FakeDecoder(before=['{"summary": "sunny"}'])
+    bound = ChatParallelBranch(model=decoder).bind_tools([get_weather], strict=True, response_format=response_format)
+    message = bound.invoke("Weather?")
+    assert message.tool_calls == [] and json.loads(message.content) == {"summary": "sunny"}
+    _, request, choice = grammar_requests[0]
+    assert request["response_schema"] == schema and choice == "auto"
+    assert "Respond only with a JSON object that matches this JSON schema" in decoder.calls[0][0].text
 
 
 def test_structured_output_include_raw_reports_parse_errors(grammar_requests: list) -> None:
