@@ -9,6 +9,7 @@ with `_ChunkBuilder`, and `_generate`/`_agenerate` add those chunks up, so
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import uuid
@@ -562,7 +563,8 @@ class ChatParallelBranch(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         run_id = kwargs.pop(_RUN_ID_KWARG, None)
-        prompt, options, parse_tools = self._request(messages, stop, **kwargs)
+        # Off the loop: the first call loads the weights and compiling a grammar takes up to a second.
+        prompt, options, parse_tools = await asyncio.to_thread(self._request, messages, stop, **kwargs)
         builder = _ChunkBuilder(self.decoder.model_name, parse_tools=parse_tools)
         target = _event_target(AsyncCallbackManager, run_manager, run_id)
         async for event in aiterate_events(self.decoder, prompt, options):
