@@ -347,3 +347,5 @@ def _keep_first_tool_call(message: ChatMessage) -> None:
             seen = True
         kept.append(block)
     message.blocks = kept
+    if message.additional_kwargs.get("tool_calls"):
+        message.additional_kwargs["tool_calls"] = message.additional_kwargs["tool_calls"][:1]

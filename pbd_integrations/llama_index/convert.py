@@ -64,6 +64,8 @@ def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
                     f"in a {role} message"
                 )
                 raise ValueError(msg)
+        if not calls:  # messages from LLMs that keep tool calls only in OpenAI's legacy place
+            calls = [c for c in message.additional_kwargs.get("tool_calls") or [] if isinstance(c, dict)]
         entry: dict[str, Any] = {"role": role, "content": "\n".join(texts)}
         if calls:
             entry["tool_calls"] = calls
@@ -161,9 +163,18 @@ class ResponseStream:
 
 
 def _assistant(content: str, calls: Iterable[ParsedToolCall] = ()) -> ChatMessage:
+    """An assistant message; tool calls as `ToolCallBlock`s and, for LlamaIndex code that
+    still reads them there (streaming structured output), in OpenAI's shape in ``additional_kwargs``."""
+    calls = list(calls)
     blocks: list[Any] = [TextBlock(text=content)]
     blocks += [ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments) for c in calls]
-    return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks)
+    extra = {"tool_calls": [_openai_call(c) for c in calls]} if calls else {}
+    return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=extra)
+
+
+def _openai_call(call: ParsedToolCall) -> dict[str, Any]:
+    arguments = json.dumps(call.arguments, ensure_ascii=False)
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}}
 
 
 def tool_selections(response: ChatResponse, error_on_no_tool_call: bool = True) -> list[ToolSelection]:

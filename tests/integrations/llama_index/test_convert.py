@@ -65,6 +65,12 @@ def test_tool_call_blocks_and_tool_results_keep_their_ids():
     assert tool == {"role": "tool", "content": "3", "tool_call_id": "call_1"}
 
 
+def test_legacy_openai_tool_calls_in_additional_kwargs_are_read():
+    call = {"id": "call_9", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
+    message = ChatMessage(role=MessageRole.ASSISTANT, content="", additional_kwargs={"tool_calls": [call]})
+    assert to_engine_messages([message])[0]["tool_calls"] == [call]
+
+
 def test_non_text_block_is_a_clear_error():
     message = ChatMessage(role=MessageRole.USER, blocks=[ImageBlock(url="http://127.0.0.1/cat.png")])
     with pytest.raises(ValueError, match="text only.*ImageBlock"):
@@ -107,6 +113,10 @@ def test_tool_call_is_not_shown_as_content_and_ends_as_a_block(chunks):
     assert (block.tool_name, block.tool_kwargs) == ("add", {"a": 1, "b": 2})
     assert block.tool_call_id.startswith("call_")
     assert "".join(c.delta for c in chunks) == "Let me add."
+    # Also where LlamaIndex's streaming structured output looks for calls, in OpenAI's shape.
+    assert final.additional_kwargs["tool_calls"] == [
+        {"id": block.tool_call_id, "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
+    ]
 
 
 def test_without_tools_a_tool_call_is_plain_text(chunks):

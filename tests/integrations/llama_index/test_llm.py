@@ -28,6 +28,21 @@ ADD = FunctionTool.from_defaults(fn=add)
 
 
 @pytest.fixture
+def grammar_calls(monkeypatch):
+    """Record tool-call grammars instead of compiling them (the fake tokenizer has no vocabulary)."""
+    import pbd_integrations.grammar as grammar
+
+    calls = []
+
+    def fake_constraint(tokenizer, tools, tool_choice):
+        calls.append(([t["function"]["name"] for t in tools], tool_choice))
+        return lambda: None
+
+    monkeypatch.setattr(grammar, "tool_call_constraint", fake_constraint)
+    return calls
+
+
+@pytest.fixture
 def make_llm(make_decoder):
     def make(answers=("Hello there friend.",), delay=0.0, **fields):
         decoder = make_decoder(answers=list(answers), delay=delay)
@@ -280,6 +295,7 @@ def test_only_the_first_call_is_kept_unless_parallel_calls_are_allowed(make_llm)
     single = llm.chat_with_tools([ADD], user_msg="x")
     double = llm.chat_with_tools([ADD], user_msg="x", allow_parallel_tool_calls=True)
     assert len(llm.get_tool_calls_from_response(single)) == 1
+    assert len(single.message.additional_kwargs["tool_calls"]) == 1
     assert [s.tool_kwargs["a"] for s in llm.get_tool_calls_from_response(double)] == [0, 1]
 
 
@@ -338,6 +354,51 @@ async def test_function_agent_round_trip(make_llm, streaming):
     assert str(await handler) == "The sum is 5."
     first, second = decoder.calls
     assert "<tool_response>\n5\n</tool_response>" in second["prompt"]
+
+
+@pytest.mark.parametrize(
+    ("call_kwargs", "forced"),
+    [
+        ({"tool_required": True}, "required"),
+        ({"tool_required": True, "tool_choice": "auto"}, "required"),
+        ({"tool_choice": "required"}, "required"),
+        ({"tool_choice": "add"}, "add"),
+        ({"tool_choice": {"type": "function", "function": {"name": "add"}}}, "add"),
+    ],
+)
+def test_a_required_call_decodes_under_the_tool_grammar_without_branches(make_llm, grammar_calls, call_kwargs, forced):
+    llm, decoder = make_llm(answers=['<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>'])
+    llm.chat_with_tools([ADD], user_msg="x", **call_kwargs)
+    assert grammar_calls == [(["add"], forced)]
+    assert decoder.calls[0]["constraint"] is not None
+    assert decoder.calls[0]["parallel"] is False
+
+
+def test_an_optional_call_decodes_freely(make_llm, grammar_calls):
+    llm, decoder = make_llm()
+    llm.chat_with_tools([ADD], user_msg="x")
+    llm.chat_with_tools([ADD], user_msg="x", tool_choice="auto")
+    assert grammar_calls == []
+    assert [c.get("constraint") for c in decoder.calls] == [None, None]
+
+
+def test_structured_predict_sync_and_streaming(make_llm, grammar_calls):
+    from llama_index.core.prompts import PromptTemplate
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        """A city."""
+
+        name: str
+        country: str
+
+    call = '<tool_call>{"name": "City", "arguments": {"name": "Paris", "country": "France"}}</tool_call>'
+    llm, decoder = make_llm(answers=[call])
+    prompt = PromptTemplate("Capital of {country}?")
+    assert llm.structured_predict(City, prompt, country="France") == City(name="Paris", country="France")
+    *_, last = llm.stream_structured_predict(City, prompt, country="France")
+    assert City.model_validate(last.model_dump()) == City(name="Paris", country="France")
+    assert decoder.calls[0]["prompt"].count('"name": "City"') == 1  # the output class is offered as a tool
 
 
 def test_text_answer_keeps_its_text_block(make_llm):
