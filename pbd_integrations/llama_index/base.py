@@ -15,7 +15,8 @@ model computes. ``complete*`` are delegations to ``chat*``.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Iterator, Sequence
 
 from llama_index.core.base.llms.generic_utils import (
     achat_to_completion_decorator,
@@ -87,7 +88,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
     )
     dtype: str = Field(default="auto", description='Weight dtype ("auto" picks bf16 where the CPU supports it).')
     device: str = Field(default="auto", description='Torch device ("auto": CUDA when present, else CPU).')
-    branches: Optional[list[str]] = Field(
+    branches: list[str] | None = Field(
         default=None, description="Caller-given step titles: skip planning and decode these steps in parallel."
     )
     max_tokens: int = Field(
@@ -98,8 +99,8 @@ class ParallelBranchLLM(FunctionCallingLLM):
     temperature: float = Field(default=0.0, description="Sampling temperature; 0 decodes greedily.")
     top_p: float = Field(default=1.0, description="Nucleus sampling mass.")
     top_k: int = Field(default=0, description="Top-k filter; 0 disables it.")
-    seed: Optional[int] = Field(default=None, description="Sampling seed.")
-    stop: Optional[list[str]] = Field(
+    seed: int | None = Field(default=None, description="Sampling seed.")
+    stop: list[str] | None = Field(
         default=None, description="Stop strings (never part of the text); a per-call stop adds to these."
     )
     merge: Literal["reuse", "recompute"] = Field(
@@ -107,10 +108,10 @@ class ParallelBranchLLM(FunctionCallingLLM):
     )
     parallel: bool = Field(default=True, description="False decodes plainly, token by token (the baseline).")
 
-    _decoder: Optional["ParallelBranchDecoder"] = PrivateAttr(default=None)
+    _decoder: ParallelBranchDecoder | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
-    def _check_options(self) -> "ParallelBranchLLM":
+    def _check_options(self) -> ParallelBranchLLM:
         """Bad decoding fields fail here; a decoder passed as ``model`` is used as is, ``model`` keeps its source."""
         if not isinstance(self.model, str):
             if not hasattr(self.model, "stream"):
@@ -126,7 +127,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
         return "ParallelBranchLLM"
 
     @property
-    def decoder(self) -> "ParallelBranchDecoder":
+    def decoder(self) -> ParallelBranchDecoder:
         """The shared decoder, loaded on first use."""
         if self._decoder is None:
             self._decoder = get_decoder(self.model, dtype=self.dtype, device=self.device)
@@ -278,13 +279,13 @@ class ParallelBranchLLM(FunctionCallingLLM):
 
     def _prepare_chat_with_tools(
         self,
-        tools: Sequence["BaseTool"],
-        user_msg: Optional[Union[str, ChatMessage]] = None,
-        chat_history: Optional[list[ChatMessage]] = None,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
         verbose: bool = False,
         allow_parallel_tool_calls: bool = False,
         tool_required: bool = False,
-        tool_choice: Optional[Union[str, dict]] = None,
+        tool_choice: str | dict | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
         """Messages plus the tools in OpenAI form; `chat` renders them through the chat template."""
@@ -305,7 +306,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
     def _validate_chat_with_tools_response(
         self,
         response: ChatResponse,
-        tools: Sequence["BaseTool"],
+        tools: Sequence[BaseTool],
         allow_parallel_tool_calls: bool = False,
         **kwargs: Any,
     ) -> ChatResponse:
@@ -323,7 +324,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
 # ---------------------------------------------------------------------- helpers
 
 
-def _tool_choice_name(tool_choice: Union[str, dict, None]) -> Optional[str]:
+def _tool_choice_name(tool_choice: str | dict | None) -> str | None:
     """``"auto"``, ``"required"``, ``"none"`` or a tool name; OpenAI's ``{"function": {"name": ...}}`` form accepted."""
     if isinstance(tool_choice, dict):
         function = tool_choice.get("function", tool_choice)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
+from collections.abc import Iterable, Sequence
 
 from llama_index.core.base.llms.types import (
     ChatMessage,

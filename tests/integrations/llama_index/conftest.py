@@ -130,5 +130,5 @@ def llm():
     from pbd_integrations.llama_index import ParallelBranchLLM
 
     model = ParallelBranchLLM(max_tokens=32, max_branch_tokens=16)
-    model.decoder  # load now, so the first test does not carry the load time in its timeout
+    _ = model.decoder  # load now, so the first test does not carry the load time in its timeout
     return model
