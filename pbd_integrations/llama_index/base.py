@@ -15,8 +15,8 @@ model computes. ``complete*`` are delegations to ``chat*``.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Literal
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from llama_index.core.base.llms.generic_utils import (
     achat_to_completion_decorator,
@@ -40,7 +40,6 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
-
 from pbd_core import DecodeOptions, RawPrompt
 
 from ..chat import render_chat
@@ -50,7 +49,6 @@ from .convert import ResponseStream, to_engine_messages, tool_selections
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
-
     from pbd_core import ParallelBranchDecoder
 
 _DECODING_FIELDS = (

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import Iterable, Sequence
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -22,7 +22,6 @@ from llama_index.core.base.llms.types import (
     ToolCallBlock,
 )
 from llama_index.core.llms.llm import ToolSelection
-
 from pbd_core import DecodeResult, FinalEvent, ReadingOrder, StreamEvent
 
 from ..tool_calls import ParsedToolCall, ToolCallParseError, ToolCallSplitter
