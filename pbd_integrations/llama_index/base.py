@@ -62,6 +62,7 @@ _DECODING_FIELDS = (
     "stop",
     "merge",
     "parallel",
+    "force_plan",
 )
 
 
@@ -105,6 +106,10 @@ class ParallelBranchLLM(FunctionCallingLLM):
         default="reuse", description="How decoding continues after the branches: keep their KV or re-encode them."
     )
     parallel: bool = Field(default=True, description="False decodes plainly, token by token (the baseline).")
+    force_plan: bool = Field(
+        default=False,
+        description="The engine starts the answer with a step list ('####'), for models that ignore the format.",
+    )
 
     _decoder: ParallelBranchDecoder | None = PrivateAttr(default=None)
 
@@ -194,6 +199,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
             forced = tool_choice if tool_choice not in (None, "auto") else "required"
             options["constraint"] = tool_call_constraint(decoder.tokenizer, tools, forced)
             options["parallel"] = False
+            options["force_plan"] = False
         return prompt, options, tools is not None
 
     def _stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> Iterator[ChatResponse]:

@@ -11,9 +11,13 @@ from llama_index.core.base.llms.types import (
     TextBlock,
     ToolCallBlock,
 )
-
 from pbd_core import RawPrompt
-from pbd_integrations.llama_index.convert import ResponseStream, to_engine_messages, tool_selections
+
+from pbd_integrations.llama_index.convert import (
+    ResponseStream,
+    to_engine_messages,
+    tool_selections,
+)
 
 
 @pytest.fixture

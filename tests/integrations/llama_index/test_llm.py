@@ -7,7 +7,12 @@ import json
 import time
 
 import pytest
-from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock, ToolCallBlock
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    MessageRole,
+    TextBlock,
+    ToolCallBlock,
+)
 from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.tools import FunctionTool
@@ -368,11 +373,13 @@ async def test_function_agent_round_trip(make_llm, streaming):
     ],
 )
 def test_a_required_call_decodes_under_the_tool_grammar_without_branches(make_llm, grammar_calls, call_kwargs, forced):
-    llm, decoder = make_llm(answers=['<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>'])
+    call = '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>'
+    llm, decoder = make_llm(answers=[call], force_plan=True)
     llm.chat_with_tools([ADD], user_msg="x", **call_kwargs)
     assert grammar_calls == [(["add"], forced)]
     assert decoder.calls[0]["constraint"] is not None
     assert decoder.calls[0]["parallel"] is False
+    assert decoder.calls[0]["force_plan"] is False  # a forced "####" would break the call grammar
 
 
 def test_an_optional_call_decodes_freely(make_llm, grammar_calls):
