@@ -63,7 +63,7 @@ def test_parallel_text_qa_template_works_in_a_query_engine(index, llm):
     response = engine.query("What is the deepest lake in Brenvia, and what is the Brenvian national dish?")
     sources = {n.node.get_content() for n in response.source_nodes}
     assert sources == {DOCUMENTS[1], DOCUMENTS[2]}
-    assert str(response).strip()
+    assert "Quillon" in str(response)
 
 
 def _secret_tool():
