@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llama_index.core.base.llms.types import (
+    CachePoint,
     ChatMessage,
     ChatResponse,
     MessageRole,
     TextBlock,
+    ThinkingBlock,
     ToolCallBlock,
 )
 from llama_index.core.llms.llm import ToolSelection
@@ -43,8 +45,9 @@ def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
 
     Assistant tool calls (`ToolCallBlock`s) become OpenAI-style ``tool_calls``
     with the arguments as a dict, which is what transformers chat templates
-    read; a tool result keeps its ``tool_call_id``. Only text can be decoded:
-    an image, audio or document block raises `ValueError`.
+    read; a tool result keeps its ``tool_call_id``. Thinking blocks and cache
+    hints (from other LLMs in a shared history) are left out. Only text can be
+    decoded: an image, audio or document block raises `ValueError`.
     """
     converted = []
     for message in messages:
@@ -58,6 +61,8 @@ def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
                 texts.append(block.text)
             elif isinstance(block, ToolCallBlock):
                 calls.append(_tool_call_dict(block))
+            elif isinstance(block, (ThinkingBlock, CachePoint)):
+                continue  # another LLM's reasoning trace or cache hint: not conversation text
             else:
                 msg = (
                     f"ParallelBranchLLM decodes text only; got a {type(block).__name__} "

@@ -9,6 +9,7 @@ from llama_index.core.base.llms.types import (
     ImageBlock,
     MessageRole,
     TextBlock,
+    ThinkingBlock,
     ToolCallBlock,
 )
 from pbd_core import RawPrompt
@@ -73,6 +74,13 @@ def test_legacy_openai_tool_calls_in_additional_kwargs_are_read():
     call = {"id": "call_9", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
     message = ChatMessage(role=MessageRole.ASSISTANT, content="", additional_kwargs={"tool_calls": [call]})
     assert to_engine_messages([message])[0]["tool_calls"] == [call]
+
+
+def test_thinking_blocks_from_other_llms_are_left_out():
+    message = ChatMessage(
+        role=MessageRole.ASSISTANT, blocks=[ThinkingBlock(content="hmm"), TextBlock(text="Paris.")]
+    )
+    assert to_engine_messages([message]) == [{"role": "assistant", "content": "Paris."}]
 
 
 def test_non_text_block_is_a_clear_error():
