@@ -297,7 +297,7 @@ def cmd_bench(args) -> int:
                   "task_source": args.task_dir or f"generated (seed {args.seed})"},
     )
     bar.close()
-    out = Path(args.out) / _slug(args.model, decoder)
+    out = Path(args.out) / (_slug(args.model, decoder) + (f"-{args.tag}" if args.tag else ""))
     out.mkdir(parents=True, exist_ok=True)
     if not args.no_plots:
         paths = plots.plot_all(doc, out)
@@ -356,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=2503, help="task generator seed")
     bench.add_argument("--task-dir", default=None, help="read tasks from these JSON files (benchmarks/tasks)")
     bench.add_argument("--out", default=DEFAULT_OUT)
+    bench.add_argument("--tag", default=None, help="suffix of the results folder (<out>/<model>-<tag>)")
     bench.add_argument("--quick", action="store_true", help="one task per family and size, fewer step-cost repeats")
     bench.add_argument("--max-branch-tokens", type=int, default=None, help="override the per-step token budget")
     bench.add_argument("--merge-tokens", type=int, default=None,

@@ -59,3 +59,33 @@ class PeakRSS:
         if self._thread is not None:
             self._thread.join()
         self.peak = max(self.peak, rss_bytes())
+
+
+class ForwardTimer:
+    """Time spent inside ``model.forward`` while the block runs (the rest is the decoding loop's own cost).
+
+    Wraps the instance's ``forward`` and restores it on exit; ``seconds`` and
+    ``calls`` add up every forward pass made in the block.
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.seconds = 0.0
+        self.calls = 0
+
+    def __enter__(self) -> "ForwardTimer":
+        inner = self.model.forward
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+                self.calls += 1
+
+        self.model.forward = timed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        del self.model.forward  # back to the class's method

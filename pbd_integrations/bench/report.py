@@ -40,24 +40,26 @@ def method_table(doc: dict[str, Any], mode: str) -> str:
         rows.append([
             r["size"], r["method"], r["tasks"], r["wall_seconds"], r["tokens_per_second"],
             r["forward_passes"], r["tokens_per_forward_pass"], r["kv_tokens_mean"],
-            round(r["kv_bytes_mean"] / 2**20, 2), r.get("accuracy"),
+            round(r["kv_bytes_mean"] / 2**20, 2), r.get("accuracy"), r.get("value_accuracy"),
             r["speedup_vs_sequential"], r.get("speedup_vs_batched"),
         ])
     header = ["N steps", "method", "tasks", "wall s", "tok/s", "fwd passes", "tok/pass", "KV tokens",
-              "KV MiB", "accuracy", "speedup vs seq", "speedup vs batched"]
+              "KV MiB", "accuracy", "values right", "speedup vs seq", "speedup vs batched"]
     return _table(header, rows)
 
 
 def stage_table(doc: dict[str, Any], mode: str) -> str:
     rows = []
     for r in doc["summary"]["table"]:
-        if r["mode"] != mode or not r["method"].startswith(("pbd", "seq")) or _redundant(doc, r):
+        if r["mode"] != mode or _redundant(doc, r):
             continue
         s = r["stage_seconds"]
-        rows.append([r["size"], r["method"], s["plan"], s["parallel"], s["merge"],
+        rows.append([r["size"], r["method"], s["plan"], s["parallel"], s["merge"], r.get("forward_seconds"),
+                     r.get("loop_seconds"),
                      r.get("parallel_live_branches"), r.get("parallel_ms_per_pass"),
                      r.get("parallel_speedup"), r.get("parallel_ceiling"), r.get("parallel_efficiency")])
-    header = ["N steps", "method", "plan s", "parallel s", "merge s", "live branches / pass",
+    header = ["N steps", "method", "plan s", "parallel s", "merge s", "in model.forward s", "outside forward s",
+              "live branches / pass",
               "ms / parallel pass", "parallel-stage speedup", "ceiling", "efficiency"]
     return _table(header, rows)
 

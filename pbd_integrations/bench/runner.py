@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable
 
 from .batched import batched_expand
-from .memory import PeakRSS, kv_bytes_per_token
+from .memory import ForwardTimer, PeakRSS, kv_bytes_per_token
 from .step_cost import ceiling_at, cost_at
 from .tasks import Task, score, split_steps
 
@@ -115,7 +115,7 @@ def run_task(decoder, task: Task, mode: str, index: int, *, methods=METHODS) -> 
             branches = [b for b in source.branches if b.block == 0] if source is not None else []
             if not branches:
                 continue  # no plan was found: nothing to expand
-            with PeakRSS() as mem:
+            with PeakRSS() as mem, ForwardTimer(decoder.model) as fwd:
                 t0 = time.perf_counter()
                 out = batched_expand(decoder.model, decoder.tokenizer, [b.context_ids for b in branches],
                                      max_new_tokens=task.max_branch_tokens,
@@ -128,6 +128,9 @@ def run_task(decoder, task: Task, mode: str, index: int, *, methods=METHODS) -> 
                 tokens_per_forward_pass=round(out.generated_tokens / out.forward_passes, 4),
                 tokens_per_second=round(out.generated_tokens / seconds, 3),
                 prefill_seconds=round(out.prefill_seconds, 6),
+                # the batched prefill of every prefix copy counts as "plan", the batched decode as "parallel"
+                stage_seconds={"plan": round(out.prefill_seconds, 6), "parallel": round(seconds - out.prefill_seconds, 6),
+                               "merge": 0.0},
                 prompt_tokens=out.prompt_tokens,
                 kv_tokens=out.peak_kv_tokens,
                 kv_bytes=out.peak_kv_tokens * kv_per_token,
@@ -143,7 +146,7 @@ def run_task(decoder, task: Task, mode: str, index: int, *, methods=METHODS) -> 
             options = dict(common, parallel=method != "sequential")
             if method != "sequential":
                 options["merge"] = "reuse" if method == "pbd_reuse" else "recompute"
-            with PeakRSS() as mem:
+            with PeakRSS() as mem, ForwardTimer(decoder.model) as fwd:
                 t0 = time.perf_counter()
                 result = decoder.generate(messages, **options)
                 seconds = time.perf_counter() - t0
@@ -151,6 +154,8 @@ def run_task(decoder, task: Task, mode: str, index: int, *, methods=METHODS) -> 
             _pbd_fields(row, result, kv_per_token)
             results[method] = result
             steps = _steps_of(result)
+        row["forward_seconds"] = round(fwd.seconds, 6)
+        row["loop_seconds"] = round(row["wall_seconds"] - fwd.seconds, 6)  # everything but model.forward
         row["quality"] = score(task, steps)
         rows[method] = row
     return [rows[m] for m in methods if m in rows], _checks(task, mode, rows, results, batched_out)
@@ -236,6 +241,8 @@ def summarize(runs: list[dict], checks: list[dict], step_cost: dict | None) -> d
         row = {
             "mode": mode, "size": size, "method": method, "tasks": len(rs),
             "wall_seconds": round(wall, 4),
+            "forward_seconds": round(sum(r.get("forward_seconds", 0.0) for r in rs), 4),
+            "loop_seconds": round(sum(r.get("loop_seconds", 0.0) for r in rs), 4),
             "generated_tokens": sum(r["generated_tokens"] for r in rs),
             "tokens_per_second": round(sum(r["generated_tokens"] for r in rs) / wall, 3) if wall else 0.0,
             "forward_passes": sum(r["forward_passes"] for r in rs),
@@ -244,7 +251,7 @@ def summarize(runs: list[dict], checks: list[dict], step_cost: dict | None) -> d
             "kv_bytes_mean": round(statistics.fmean(r["kv_bytes"] for r in rs)),
             "peak_rss_bytes": max(r["peak_rss_bytes"] for r in rs),
             "stage_seconds": {
-                stage: round(sum(r.get("stats", {}).get("stage_seconds", {}).get(stage, 0.0) for r in rs), 4)
+                stage: round(sum((r.get("stats") or r).get("stage_seconds", {}).get(stage, 0.0) for r in rs), 4)
                 for stage in ("plan", "parallel", "merge")
             },
         }
@@ -261,6 +268,7 @@ def summarize(runs: list[dict], checks: list[dict], step_cost: dict | None) -> d
         if scored:
             row["accuracy"] = round(sum(q["correct"] for q in scored) / sum(q["total"] for q in scored), 4)
             row["exact_answers"] = sum(q["exact"] for q in scored)
+            row["value_accuracy"] = round(sum(q.get("values_correct", 0) for q in scored) / sum(q["total"] for q in scored), 4)
             row["scored_tasks"] = len(scored)
         par = [r for r in rs if r["method"].startswith("pbd") and r.get("parallel_ms_per_pass")]
         if par and step_cost:

@@ -31,7 +31,7 @@ DEFAULT_SEED = 2503  # arXiv 2503.20533
 
 # Token budget of one step, per family: long enough for the step, short enough to run on a CPU.
 BRANCH_TOKENS = {"retrieval": 40, "multi_question": 32, "planning": 48}
-MERGE_TOKENS = 96  # budget left for the plan and the conclusion on top of the steps
+MERGE_TOKENS = 64  # budget left for the plan and the conclusion on top of the steps
 
 _FIRST_NAMES = [
     "Alice", "Bruno", "Chen", "Dara", "Emil", "Farah", "Goran", "Hana", "Ivan", "Jonas",
@@ -71,7 +71,8 @@ class Task:
     prompt: str
     branches: list[str]
     expected: dict[str, Any] = field(default_factory=dict)
-    """Family-specific truth: ``matches`` (retrieval, per branch title), ``answers`` (multi_question)."""
+    """Family-specific truth per step title: ``matches`` and ``values`` (the grade, or the RAM; retrieval),
+    ``answers`` (multi_question)."""
     max_branch_tokens: int = 32
     max_new_tokens: int = 256
 
@@ -103,6 +104,7 @@ def _retrieval(rng: random.Random, size: int, index: int) -> Task:
             "and end that step with MATCH or NO MATCH. Then list the matching students."
         )
         matches = {f"Check {n}": g >= threshold for n, g in zip(names, grades)}
+        values = {f"Check {n}": g for n, g in zip(names, grades)}
     else:
         names = rng.sample(_PRODUCTS, size)
         specs = [(rng.choice([4, 8, 16, 32]), rng.randrange(300, 2000, 50)) for _ in names]
@@ -114,10 +116,11 @@ def _retrieval(rng: random.Random, size: int, index: int) -> Task:
             "in its own step and end that step with MATCH or NO MATCH. Then list the matching laptops."
         )
         matches = {f"Check {n}": r >= ram and p <= price for n, (r, p) in zip(names, specs)}
+        values = {f"Check {n}": r for n, (r, _) in zip(names, specs)}
     per_branch, total = _budget("retrieval", size)
     return Task(
         id=f"retrieval-{size}-{index}", family="retrieval", size=size, prompt=prompt,
-        branches=list(matches), expected={"matches": matches},
+        branches=list(matches), expected={"matches": matches, "values": values},
         max_branch_tokens=per_branch, max_new_tokens=total,
     )
 
@@ -296,7 +299,9 @@ def first_number(body: str | None) -> int | None:
 def score(task: Task, steps: dict[str, str]) -> dict[str, Any]:
     """Exact-match quality of one answer, given its steps as ``{title: body}``.
 
-    Returns ``{"kind": ..., "correct": n, "total": n, "accuracy": x, "exact": bool}``;
+    Returns ``{"kind": ..., "correct": n, "total": n, "accuracy": x, "exact": bool, "values_correct": n}``
+    (``correct``: the MATCH / NO MATCH verdict or the answer is right; ``values_correct``: the step's first
+    number is the record's value, e.g. the grade, or for questions the answer);
     planning tasks have no truth and return only ``coverage`` (steps found / asked).
     """
     found = [_match_title(t, steps, i, len(task.branches)) for i, t in enumerate(task.branches)]
@@ -304,9 +309,11 @@ def score(task: Task, steps: dict[str, str]) -> dict[str, Any]:
     if task.family == "retrieval":
         truth = task.expected["matches"]
         ok = [verdict(b) == truth[t] for t, b in zip(task.branches, found)]
+        stated = [first_number(b) == task.expected["values"][t] for t, b in zip(task.branches, found)]
     elif task.family == "multi_question":
         truth = task.expected["answers"]
         ok = [first_number(b) == truth[t] for t, b in zip(task.branches, found)]
+        stated = ok
     else:
         return {"kind": "agreement", "coverage": round(coverage, 4)}
     return {
@@ -316,4 +323,5 @@ def score(task: Task, steps: dict[str, str]) -> dict[str, Any]:
         "accuracy": round(sum(ok) / len(ok), 4),
         "exact": all(ok),
         "coverage": round(coverage, 4),
+        "values_correct": sum(stated),
     }

@@ -8,13 +8,13 @@ import pytest
 
 from pbd_integrations.cli import main
 
-RUN_FIELDS = {
+RUN_FIELDS = {"forward_seconds", "loop_seconds",
     "task", "family", "size", "mode", "method", "wall_seconds", "peak_rss_bytes", "rss_growth_bytes",
     "kv_bytes_per_token", "generated_tokens", "forward_passes", "tokens_per_forward_pass", "tokens_per_second",
     "kv_tokens", "kv_bytes", "finish_reason", "parallel", "branches", "text", "quality",
 }
 PBD_FIELDS = {"stats", "parallel_tokens_per_second", "parallel_ms_per_pass", "parallel_tokens_per_pass"}
-SUMMARY_FIELDS = {
+SUMMARY_FIELDS = {"forward_seconds", "loop_seconds",
     "mode", "size", "method", "tasks", "wall_seconds", "generated_tokens", "tokens_per_second", "forward_passes",
     "tokens_per_forward_pass", "kv_tokens_mean", "kv_bytes_mean", "peak_rss_bytes", "stage_seconds",
     "speedup_vs_sequential",

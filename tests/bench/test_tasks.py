@@ -63,9 +63,11 @@ def test_split_steps():
 
 def test_score_matches_titles_loosely():
     task = Task(id="t", family="retrieval", size=3, prompt="", branches=["Check Ana", "Check Bo", "Check Cy"],
-                expected={"matches": {"Check Ana": True, "Check Bo": False, "Check Cy": True}})
-    result = score(task, {"Ana": "MATCH", "Check Bo": "NO MATCH", "cy's grade": "NO MATCH"})
-    assert result == {"kind": "exact_match", "correct": 2, "total": 3, "accuracy": 0.6667, "exact": False, "coverage": 1.0}
+                expected={"matches": {"Check Ana": True, "Check Bo": False, "Check Cy": True},
+                          "values": {"Check Ana": 80, "Check Bo": 50, "Check Cy": 90}})
+    result = score(task, {"Ana": "MATCH", "Check Bo": "50, NO MATCH", "cy's grade": "90 NO MATCH"})
+    assert result == {"kind": "exact_match", "correct": 2, "total": 3, "accuracy": 0.6667, "exact": False,
+                      "coverage": 1.0, "values_correct": 2}
     numbers = Task(id="q", family="multi_question", size=2, prompt="", branches=["What is 2 plus 3?", "What is 4 times 5?"],
                    expected={"answers": {"What is 2 plus 3?": 5, "What is 4 times 5?": 20}})
     assert score(numbers, {"Question 1": "5", "Question 2": "21"})["correct"] == 1  # by position
