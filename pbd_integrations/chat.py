@@ -54,8 +54,9 @@ def json_instructions(schema: dict[str, Any] | None) -> str:
     """System text asking for one JSON value (matching ``schema`` when given)."""
     if schema is None:
         return "Respond only with a JSON object, nothing else."
-    return "Respond only with a JSON object that matches this JSON schema, nothing else:\n" + json.dumps(
-        schema, ensure_ascii=False
+    return (
+        "Respond only with a JSON object that matches this JSON schema, nothing else. "
+        "Keep each string value short, one sentence at most:\n" + json.dumps(schema, ensure_ascii=False)
     )
 
 

@@ -50,6 +50,7 @@ from typing_extensions import Self
 
 from pbd_integrations.chat import json_instructions, render_chat
 from pbd_integrations.grammar import json_schema_constraint, tool_call_constraint
+from pbd_integrations.penalties import with_repetition_penalty
 from pbd_integrations.registry import get_decoder
 from pbd_integrations.runner import aiterate_events, iterate_events
 from pbd_integrations.tool_calls import ToolCallParseError, ToolCallSplitter
@@ -155,19 +156,25 @@ def _normalize_tool_choice(tool_choice: Any, tool_names: list[str]) -> str:
     raise ValueError(msg)
 
 
-def _response_schema(response_format: dict[str, Any] | None) -> tuple[bool, dict[str, Any] | None]:
-    """``(wants_json, schema)`` from a ``response_format`` (ours or OpenAI's shape)."""
+def _response_schema(response_format: dict[str, Any] | None) -> tuple[bool, dict[str, Any] | None, dict[str, Any] | None]:
+    """``(wants_json, grammar schema, schema to describe in the prompt)`` from a ``response_format``.
+
+    Accepts ours (``{"type": "json_schema", "schema": ...}``), OpenAI's
+    (``{"type": "json_schema", "json_schema": {"schema": ...}}``) and JSON mode
+    (``{"type": "json_object"}``: any JSON object; with a ``schema``, that schema).
+    """
     if not response_format:
-        return False, None
+        return False, None, None
     kind = response_format.get("type")
     if kind == "json_object":
-        return True, None
+        schema = response_format.get("schema")
+        return True, schema, schema
     if kind == "json_schema":
         schema = response_format.get("schema") or response_format.get("json_schema", {}).get("schema")
         if not isinstance(schema, dict):
             msg = f"response_format of type json_schema needs a 'schema' dict, got {response_format!r}"
             raise ValueError(msg)
-        return True, schema
+        return True, schema, schema
     msg = f"response_format type must be 'json_object' or 'json_schema', got {kind!r}"
     raise ValueError(msg)
 
@@ -410,6 +417,10 @@ class ChatParallelBranch(BaseChatModel):
     parallel: bool = True
     """False decodes plainly, token by token (the baseline)."""
     seed: int | None = None
+    repetition_penalty: float = 1.0
+    """Above 1 discourages a stream from repeating its own tokens (Hugging Face's definition).
+    Small models loop; inside a JSON string a loop can use up ``max_tokens`` before the
+    JSON is closed. 1.0 (the default) leaves the model's distribution unchanged."""
     dtype: str = "auto"
     """Weight dtype for loading (``"auto"``: bf16 where the CPU supports it)."""
     device: str = "auto"
@@ -467,6 +478,7 @@ class ChatParallelBranch(BaseChatModel):
             "merge": self.merge,
             "parallel": self.parallel,
             "seed": self.seed,
+            "repetition_penalty": self.repetition_penalty,
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -496,7 +508,7 @@ class ChatParallelBranch(BaseChatModel):
             kwargs.pop(name, None)
         tools = kwargs.pop("tools", None) or None
         tool_choice = kwargs.pop("tool_choice", None)
-        wants_json, schema = _response_schema(kwargs.pop("response_format", None))
+        wants_json, schema, described = _response_schema(kwargs.pop("response_format", None))
         options: dict[str, Any] = {
             "max_new_tokens": kwargs.pop("max_tokens", self.max_tokens),
             "max_branch_tokens": self.max_branch_tokens,
@@ -519,7 +531,7 @@ class ChatParallelBranch(BaseChatModel):
         choice = _normalize_tool_choice(tool_choice, [t["function"]["name"] for t in tools]) if tools else "none"
         if choice == "none":
             tools = None
-        system_text = json_instructions(schema) if wants_json else None
+        system_text = json_instructions(described) if wants_json else None
         prompt = RawPrompt(render_chat(decoder, _convert_messages(messages), tools=tools, system_text=system_text))
         if tools:
             # With tools and a response format (an agent's structured answer), the model
@@ -530,6 +542,9 @@ class ChatParallelBranch(BaseChatModel):
         elif wants_json:
             spec = json.dumps(schema or {"type": "object"}, sort_keys=True)
             options["constraint"] = _cached_constraint(decoder.tokenizer, "json", spec, "")
+        penalized = with_repetition_penalty(self.repetition_penalty, options.get("constraint"))
+        if penalized is not None:
+            options["constraint"] = penalized
         return prompt, options, bool(tools)
 
     # ----------------------------------------------------------------- decoding
@@ -659,7 +674,8 @@ class ChatParallelBranch(BaseChatModel):
         Args:
             method: ``json_schema`` (default: the answer is decoded under the schema's grammar),
                 ``function_calling`` (a forced call to a tool built from the schema), or
-                ``json_mode`` (any JSON object; the schema, if any, only parses it).
+                ``json_mode`` (a JSON object; when a schema is given it is enforced too, since
+                its parser will read the answer: a local grammar costs nothing extra).
             include_raw: Return ``{"raw", "parsed", "parsing_error"}`` instead of raising on parse errors.
         """
         kwargs.pop("strict", None)
@@ -681,11 +697,7 @@ class ChatParallelBranch(BaseChatModel):
             )
         elif method in ("json_schema", "json_mode"):
             json_schema = _json_schema_of(schema) if schema is not None else None
-            response_format = (
-                {"type": "json_schema", "schema": json_schema}
-                if method == "json_schema"
-                else {"type": "json_object"}
-            )
+            response_format = {"type": "json_schema" if method == "json_schema" else "json_object", "schema": json_schema}
             llm = self.bind(response_format=response_format, ls_structured_output_format=format_info)
             parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
         else:

@@ -222,7 +222,7 @@ def test_tool_choice_none_neither_describes_nor_parses_tools(grammar_requests: l
     ("method", "kind", "spec"),
     [
         ("json_schema", "json", {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
-        ("json_mode", "json", {"type": "object"}),
+        ("json_mode", "json", {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
         ("function_calling", "tools", None),
     ],
 )
@@ -251,6 +251,24 @@ def test_tools_with_a_response_format_allow_a_call_or_the_structured_answer(gram
     _, request, choice = grammar_requests[0]
     assert request["response_schema"] == schema and choice == "auto"
     assert "Respond only with a JSON object that matches this JSON schema" in decoder.calls[0][0].text
+
+
+def test_json_mode_without_a_schema_asks_for_any_object(grammar_requests: list) -> None:
+    decoder = FakeDecoder(before=['{"a": 1}'])
+    message = ChatParallelBranch(model=decoder).bind(response_format={"type": "json_object"}).invoke("x")
+    assert json.loads(message.content) == {"a": 1}
+    assert grammar_requests == [("json", {"type": "object"}, "")]
+
+
+def test_repetition_penalty_wraps_the_grammar(grammar_requests: list) -> None:
+    from pbd_integrations.penalties import RepetitionPenalty
+
+    decoder = FakeDecoder(before=['{"a": 1}'])
+    ChatParallelBranch(model=decoder, repetition_penalty=1.3).bind(response_format={"type": "json_object"}).invoke("x")
+    ChatParallelBranch(model=decoder, repetition_penalty=1.3).invoke("x")
+    first, second = (options["constraint"]() for _, options in decoder.calls)
+    assert isinstance(first, RepetitionPenalty) and first.penalty == 1.3 and first.inner is None  # fake grammar
+    assert isinstance(second, RepetitionPenalty) and second.inner is None
 
 
 def test_structured_output_include_raw_reports_parse_errors(grammar_requests: list) -> None:
