@@ -86,6 +86,7 @@ class TestChatParallelBranchIntegration(ChatModelIntegrationTests):
     def supports_pdf_inputs(self) -> bool:
         return False
 
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
     @pytest.mark.xfail(
         reason=(
             "model capability: with tool_choice='auto' SmolLM2-135M answers in prose instead of "
