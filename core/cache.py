@@ -47,6 +47,10 @@ class TreeCache:
         self.position = empty.clone()  # [L]
         self.ctx_end = empty.clone()  # [L]
         self.visible = torch.empty(0, dtype=torch.bool, device=device)  # [L]; False: hidden from later tokens
+        # True while the cache is one plain causal sequence (trunk only, nothing hidden, position == slot).
+        # Trunk tokens then need no custom mask at all, and the model's own causal path is used (for GQA
+        # models it is faster: sdpa can skip repeating the KV heads when no mask is given).
+        self.linear = True
 
     def __len__(self) -> int:
         return int(self.branch.numel())
@@ -61,8 +65,11 @@ class TreeCache:
         branch: Sequence[int] | torch.Tensor,
         position: Sequence[int] | torch.Tensor,
         ctx_end: Sequence[int] | torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]:
+    ) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor] | None]:
         """Describe the next ``n`` tokens and return ``(position_ids [1, n], attention mask)``.
+
+        The mask is ``None`` while the cache is a plain causal sequence: the model's
+        own causal masking is then exactly the tree rule.
 
         ``ctx_end=None`` means trunk semantics (each token sees every slot before it); so
         does a ``TRUNK`` entry in a ``ctx_end`` list, which lets one pass mix branch and trunk tokens.
@@ -70,6 +77,9 @@ class TreeCache:
         that writes these slots, and `crop` if the pass is abandoned.
         """
         start = len(self)
+        is_trunk = ctx_end is None and all(b == TRUNK for b in branch)
+        plain = self.linear and is_trunk
+        self.linear = plain
         q_branch = torch.as_tensor(branch, dtype=torch.long, device=self.device)
         q_position = torch.as_tensor(position, dtype=torch.long, device=self.device)
         n = q_branch.numel()
@@ -83,6 +93,8 @@ class TreeCache:
         self.position = torch.cat([self.position, q_position])
         self.ctx_end = torch.cat([self.ctx_end, q_ctx_end])
         self.visible = torch.cat([self.visible, torch.ones(n, dtype=torch.bool, device=self.device)])
+        if plain:
+            return q_position[None], None
         mask = self._mask(q_slot, q_branch, q_position, q_ctx_end)
         return q_position[None], mask
 
@@ -111,11 +123,14 @@ class TreeCache:
         self.position = self.position[:length]
         self.ctx_end = self.ctx_end[:length]
         self.visible = self.visible[:length]
+        if not self.linear:
+            self.linear = not bool((self.branch != TRUNK).any()) and bool(self.visible.all())
 
     def hide(self, slots: list[int]) -> None:
         """Hide slots from every token written after now (text that turned out not to belong to a branch)."""
         if slots:
             self.visible[torch.tensor(slots, device=self.device)] = False
+            self.linear = False
 
     def trunk_positions(self, n: int) -> list[int]:
         start = self.next_trunk_position

@@ -68,8 +68,12 @@ class ScriptedLM(torch.nn.Module):
         entry = torch.stack([ids, positions], dim=-1).float()[None, None]  # [1, 1, q, 2]
         stored, _ = past_key_values.update(entry, entry, 0)  # [1, 1, L, 2]
         stored = stored[0, 0].long()
-        mask = attention_mask["full_attention"] if isinstance(attention_mask, dict) else attention_mask
-        visible = mask[0, 0] == 0  # [q, L]
+        if attention_mask is None:  # a plain causal sequence: each query sees every slot up to its own
+            total, q = stored.shape[0], ids.numel()
+            visible = torch.arange(total)[None, :] <= torch.arange(total - q, total)[:, None]
+        else:
+            mask = attention_mask["full_attention"] if isinstance(attention_mask, dict) else attention_mask
+            visible = mask[0, 0] == 0  # [q, L]
         rows = list(range(ids.numel()))
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             rows = rows[-logits_to_keep:]

@@ -96,7 +96,7 @@ def test_tree_cache_mask_for_next_tokens_and_crop():
 def test_sliding_layers_get_their_own_mask():
     cache = TreeCache(torch.device("cpu"), torch.float32, {"full_attention": None, "sliding_attention": 2})
     cache.plan_append([TRUNK] * 4, [0, 1, 2, 3])
-    _, masks = cache.plan_append([TRUNK], [4])
+    _, masks = cache.plan_append([0], [4], ctx_end=4)  # a branch token at position 4
     assert (masks["full_attention"][0, 0, 0] == 0).tolist() == [True] * 5
     assert (masks["sliding_attention"][0, 0, 0] == 0).tolist() == [False, False, False, True, True]
 
@@ -106,3 +106,17 @@ def test_tree_predicate_broadcasts_queries_against_cache():
         torch.tensor([4]), torch.tensor([1]), torch.tensor([2]), torch.arange(5), torch.tensor([TRUNK, TRUNK, 0, 1, 1])
     )
     assert got.tolist() == [[True, True, False, True, True]]
+
+
+def test_plain_causal_prefix_needs_no_custom_mask_until_a_branch_appears():
+    cache = TreeCache(torch.device("cpu"), torch.float32)
+    _, mask = cache.plan_append([TRUNK] * 3, [0, 1, 2])
+    assert mask is None and cache.linear
+    _, mask = cache.plan_append([0], [3], ctx_end=3)
+    assert mask is not None and not cache.linear
+    _, mask = cache.plan_append([TRUNK], [4])
+    assert mask is not None  # the trunk now follows a branch: positions and visibility are no longer plain
+    cache.crop(3)  # a recompute merge rolls the branches back
+    assert cache.linear
+    _, mask = cache.plan_append([TRUNK], [3])
+    assert mask is None
