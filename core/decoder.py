@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from . import loading
+from . import attention, loading
 from .engine import DecodeRun
 from .options import DecodeOptions
 from .prompting import Prompt, encode, prompt_ids, render_messages
 from .types import DecodeResult, FinalEvent, StreamEvent
 
-CUSTOM_MASK_ATTENTION = ("sdpa", "eager")
+CUSTOM_MASK_ATTENTION = ("sdpa", "eager", attention.NAME)
 SUPPORTED_LAYER_TYPES = {"full_attention", "sliding_attention"}
 
 
@@ -52,10 +52,17 @@ class ParallelBranchDecoder:
             model = model.to(loading.resolve_dtype(dtype, next(model.parameters()).device))
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.device = next(self.model.parameters()).device
         _ensure_custom_mask_attention(self.model)
+        if (
+            self.device.type == "cpu"
+            and self.model.config._attn_implementation == "sdpa"
+            and hasattr(self.model, "set_attn_implementation")
+        ):
+            # Same sdpa, minus the per-step copy of the KV heads under a mask (bit-identical; see attention.py).
+            self.model.set_attn_implementation(attention.register())
         config = self.model.config.get_text_config(decoder=True)
         self.layer_windows = _layer_windows(config)
-        self.device = next(self.model.parameters()).device
         self.mask_dtype = next(self.model.parameters()).dtype
         self.context_window = int(getattr(config, "max_position_embeddings", None) or 2048)
         self.eos_token_ids = _eos_token_ids(self.model, tokenizer)
