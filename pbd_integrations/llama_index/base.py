@@ -43,6 +43,7 @@ from llama_index.core.llms.llm import ToolSelection
 from pbd_core import DecodeOptions, RawPrompt
 
 from ..chat import render_chat
+from ..penalties import with_repetition_penalty
 from ..registry import get_decoder
 from ..runner import aiterate_events, iterate_events
 from .convert import ResponseStream, to_engine_messages, tool_selections
@@ -109,6 +110,14 @@ class ParallelBranchLLM(FunctionCallingLLM):
     force_plan: bool = Field(
         default=False,
         description="The engine starts the answer with a step list ('####'), for models that ignore the format.",
+    )
+    repetition_penalty: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "Above 1 discourages a stream from repeating its own tokens (Hugging Face's definition); "
+            "small models loop, and inside a JSON string a loop can use up the budget. 1.0 changes nothing."
+        ),
     )
 
     _decoder: ParallelBranchDecoder | None = PrivateAttr(default=None)
@@ -182,6 +191,10 @@ class ParallelBranchLLM(FunctionCallingLLM):
         if "max_tokens" in kwargs:
             kwargs.setdefault("max_new_tokens", kwargs.pop("max_tokens"))
         stop = kwargs.pop("stop", None)
+        penalty = kwargs.pop("repetition_penalty", self.repetition_penalty)
+        if not isinstance(penalty, (int, float)) or isinstance(penalty, bool) or penalty <= 0:
+            msg = f"repetition_penalty must be a number > 0, got {penalty!r}"
+            raise ValueError(msg)
         options = {**self._default_options(), **kwargs}
         if stop is not None:
             stop = [stop] if isinstance(stop, str) else list(stop)
@@ -200,6 +213,9 @@ class ParallelBranchLLM(FunctionCallingLLM):
             options["constraint"] = tool_call_constraint(decoder.tokenizer, tools, forced)
             options["parallel"] = False
             options["force_plan"] = False
+        penalized = with_repetition_penalty(penalty, options.get("constraint"))
+        if penalized is not None:
+            options["constraint"] = penalized
         return prompt, options, tools is not None
 
     def _stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> Iterator[ChatResponse]:

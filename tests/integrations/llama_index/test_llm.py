@@ -82,6 +82,7 @@ def test_construction_loads_nothing():
         ({"branches": []}, "branches must not be empty"),
         ({"branches": ["a:b"]}, "must be one line without ':'"),
         ({"model": 42}, "model must be a model source string or a ParallelBranchDecoder"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
     ],
 )
 def test_bad_fields_fail_at_construction(fields, message):
@@ -132,6 +133,27 @@ def test_bad_option_value_fails_before_decoding(make_llm):
     llm, decoder = make_llm()
     with pytest.raises(ValueError, match="top_k"):
         llm.complete("Hi", top_k=-2)
+    assert decoder.calls == []
+
+
+def test_repetition_penalty_becomes_a_constraint_and_wraps_a_tool_grammar(make_llm, grammar_calls):
+    from pbd_integrations.penalties import RepetitionPenalty
+
+    llm, decoder = make_llm(repetition_penalty=1.3)
+    llm.chat(USER)
+    llm.chat(USER, repetition_penalty=1.0)
+    llm.chat_with_tools([ADD], user_msg="x", tool_required=True, repetition_penalty=1.1)
+    plain, unchanged, tool = decoder.calls
+    assert isinstance(plain["constraint"](), RepetitionPenalty) and plain["constraint"]().penalty == 1.3
+    assert unchanged.get("constraint") is None
+    assert tool["constraint"]().penalty == 1.1 and grammar_calls == [(["add"], "required")]
+
+
+@pytest.mark.parametrize("penalty", [0, -1.0, "high"])
+def test_bad_repetition_penalty_is_a_clear_error(make_llm, penalty):
+    llm, decoder = make_llm()
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        llm.chat(USER, repetition_penalty=penalty)
     assert decoder.calls == []
 
 
