@@ -70,7 +70,9 @@ def tool_prompt(tools: list[dict[str, Any]]) -> str:
     """System-prompt text describing ``tools`` (OpenAI format) and how to call them.
 
     Used for chat templates that ignore the ``tools`` argument. The wording
-    follows Qwen2.5's template so that one parser reads both.
+    follows Qwen2.5's template so that one parser reads both, except that the
+    call example uses concrete JSON instead of ``<function-name>`` placeholders,
+    which SmolLM2-135M copied verbatim (``"customer_name": "<string>"``).
     """
     lines = [
         "# Tools",
@@ -87,7 +89,7 @@ def tool_prompt(tools: list[dict[str, Any]]) -> str:
         "For each function call, return a json object with function name and arguments "
         "within <tool_call></tool_call> XML tags:",
         "<tool_call>",
-        '{"name": <function-name>, "arguments": <args-json-object>}',
+        '{"name": "function_name", "arguments": {"argument_name": "value from the user\'s request"}}',
         "</tool_call>",
     ]
     return "\n".join(lines)

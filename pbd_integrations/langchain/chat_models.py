@@ -50,7 +50,7 @@ from typing_extensions import Self
 
 from pbd_integrations.chat import json_instructions, render_chat
 from pbd_integrations.grammar import json_schema_constraint, tool_call_constraint
-from pbd_integrations.penalties import with_repetition_penalty
+from pbd_integrations.penalties import punctuation_exemption, with_repetition_penalty
 from pbd_integrations.registry import get_decoder
 from pbd_integrations.runner import aiterate_events, iterate_events
 from pbd_integrations.tool_calls import ToolCallParseError, ToolCallSplitter
@@ -189,6 +189,11 @@ def _cached_constraint(tokenizer: Any, kind: str, spec: str, tool_choice: str) -
         request = json.loads(spec)
         return tool_call_constraint(tokenizer, request["tools"], tool_choice, response_schema=request["response_schema"])
     return json_schema_constraint(tokenizer, json.loads(spec))
+
+
+@functools.lru_cache(maxsize=8)
+def _punctuation_exemption(tokenizer: Any) -> Callable[[int], bool]:
+    return punctuation_exemption(tokenizer)
 
 
 def _map_finish_reason(reason: str, has_tool_calls: bool) -> str:
@@ -542,7 +547,9 @@ class ChatParallelBranch(BaseChatModel):
         elif wants_json:
             spec = json.dumps(schema or {"type": "object"}, sort_keys=True)
             options["constraint"] = _cached_constraint(decoder.tokenizer, "json", spec, "")
-        penalized = with_repetition_penalty(self.repetition_penalty, options.get("constraint"))
+        penalized = with_repetition_penalty(
+            self.repetition_penalty, options.get("constraint"), exempt=_punctuation_exemption(decoder.tokenizer)
+        )
         if penalized is not None:
             options["constraint"] = penalized
         return prompt, options, bool(tools)

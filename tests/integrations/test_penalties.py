@@ -52,3 +52,21 @@ def test_factory_is_unchanged_without_a_penalty() -> None:
     assert made is not with_repetition_penalty(1.5, AllowEven)()  # one state per stream
     with pytest.raises(ValueError, match="must be > 0"):
         RepetitionPenalty(0)
+
+
+def test_exempt_tokens_are_never_penalised() -> None:
+    penalty = RepetitionPenalty(2.0, exempt=lambda token: token == 1)
+    penalty.advance(0)
+    penalty.advance(1)
+    assert penalty.mask_logits(torch.tensor([4.0, 4.0])).tolist() == [2.0, 4.0]
+
+
+def test_punctuation_exemption_reads_the_token_text() -> None:
+    from pbd_integrations.penalties import punctuation_exemption
+
+    class Tok:
+        def decode(self, ids):
+            return {0: '":', 1: " cat", 2: "7", 3: "{\""}[ids[0]]
+
+    exempt = punctuation_exemption(Tok())
+    assert [exempt(i) for i in range(4)] == [True, False, False, True]
