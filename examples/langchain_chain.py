@@ -20,7 +20,7 @@ ITEMS = ["apples", "bread", "cheese", "carrots"]
 
 
 def main() -> None:
-    llm = ChatParallelBranch(max_tokens=160, max_branch_tokens=32)
+    llm = ChatParallelBranch(max_tokens=120, max_branch_tokens=32, repetition_penalty=1.3)
     chain = CHECK_EACH_ITEM_PROMPT | llm.bind(branches=[item.capitalize() for item in ITEMS]) | StrOutputParser()
 
     started = time.perf_counter()
