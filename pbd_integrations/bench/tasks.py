@@ -7,7 +7,7 @@ Three families, each at several sizes N (the number of independent steps):
   the set of matching records, scored by exact match (and per record).
 - ``multi_question``: N independent short questions (arithmetic, unit
   conversions) answered in one reply; scored per question by exact match of
-  the first number in that question's step.
+  the number the step states (after its last ``=``, else its first number).
 - ``planning``: a plan or comparison with N aspects and no single right
   answer; scored by agreement between the methods' step texts
   (`pbd_integrations.bench.report`).
@@ -268,11 +268,11 @@ def _match_title(wanted: str, steps: dict[str, str], position: int, count: int) 
     if want in norm:
         return norm[want]
     for title, body in norm.items():
-        if want in title or (title and title in want):
+        if want in title or (len(title) >= 3 and title in want):
             return body
     key = re.sub(r"\W+$", "", want.split()[-1])
     for title, body in norm.items():
-        if key and re.search(rf"\b{re.escape(key)}\b", title):
+        if len(key) >= 3 and re.search(rf"\b{re.escape(key)}\b", title):
             return body
     if len(steps) == count:
         return list(steps.values())[position]
@@ -296,6 +296,14 @@ def first_number(body: str | None) -> int | None:
     return int(m.group()) if m else None
 
 
+def stated_answer(body: str | None) -> int | None:
+    """The number a step gives as its answer: the first one after the last ``=``, else the first one."""
+    if not body:
+        return None
+    head, eq, tail = body.rpartition("=")
+    return first_number(tail) if eq and first_number(tail) is not None else first_number(body)
+
+
 def score(task: Task, steps: dict[str, str]) -> dict[str, Any]:
     """Exact-match quality of one answer, given its steps as ``{title: body}``.
 
@@ -312,7 +320,7 @@ def score(task: Task, steps: dict[str, str]) -> dict[str, Any]:
         stated = [first_number(b) == task.expected["values"][t] for t, b in zip(task.branches, found)]
     elif task.family == "multi_question":
         truth = task.expected["answers"]
-        ok = [first_number(b) == truth[t] for t, b in zip(task.branches, found)]
+        ok = [stated_answer(b) == truth[t] for t, b in zip(task.branches, found)]
         stated = ok
     else:
         return {"kind": "agreement", "coverage": round(coverage, 4)}

@@ -71,4 +71,5 @@ def test_score_matches_titles_loosely():
     numbers = Task(id="q", family="multi_question", size=2, prompt="", branches=["What is 2 plus 3?", "What is 4 times 5?"],
                    expected={"answers": {"What is 2 plus 3?": 5, "What is 4 times 5?": 20}})
     assert score(numbers, {"Question 1": "5", "Question 2": "21"})["correct"] == 1  # by position
+    assert score(numbers, {"1": "2 + 3 = 5", "2": "4 times 5 = 20"})["correct"] == 2  # short titles: by position
     assert score(Task(id="p", family="planning", size=1, prompt="", branches=["Food"]), {})["coverage"] == 0.0
