@@ -80,8 +80,24 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _git_commit() -> str | None:
+    """The commit of the source tree the engine was imported from, with ``+dirty`` for local changes."""
+    import subprocess
+
+    folder = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--", "core", "pbd_integrations"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def versions() -> dict[str, str | None]:
     return {
+        "git_commit": _git_commit(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "transformers": _version("transformers"),
