@@ -27,8 +27,9 @@ STOCK = {"apples": 12, "pears": 0, "plums": 7}
 
 def check_stock(item: str) -> str:
     """Return how many units of a fruit (apples, pears or plums) are in stock."""
-    count = STOCK.get(item.strip().lower())
-    return f"{count} {item} in stock" if count is not None else f"unknown item {item!r}"
+    name = item.strip().lower().rstrip("s") + "s"  # "apple" and "apples" alike
+    count = STOCK.get(name)
+    return f"{count} {name} in stock" if count is not None else f"unknown item {item!r}"
 
 
 class Order(BaseModel):

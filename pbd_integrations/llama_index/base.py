@@ -205,14 +205,17 @@ class ParallelBranchLLM(FunctionCallingLLM):
             tools = None
         decoder = self.decoder
         prompt = RawPrompt(render_chat(decoder, to_engine_messages(messages), tools=tools))
-        if tools and (tool_required or tool_choice not in (None, "auto")):
+        if tools:
             from ..grammar import tool_call_constraint
 
-            # A forced call is one JSON object under the grammar: no branch plan around it.
-            forced = tool_choice if tool_choice not in (None, "auto") else "required"
-            options["constraint"] = tool_call_constraint(decoder.tokenizer, tools, forced)
-            options["parallel"] = False
-            options["force_plan"] = False
+            # Under the grammar a call is always one valid call to a bound tool; "auto" also allows
+            # plain text, which then cannot contain a call tag.
+            forced = tool_required or tool_choice not in (None, "auto")
+            choice = (tool_choice if tool_choice not in (None, "auto") else "required") if forced else "auto"
+            options["constraint"] = tool_call_constraint(decoder.tokenizer, tools, choice)
+            if forced:  # the answer is the call itself: no branch plan around it
+                options["parallel"] = False
+                options["force_plan"] = False
         penalized = with_repetition_penalty(penalty, options.get("constraint"))
         if penalized is not None:
             options["constraint"] = penalized

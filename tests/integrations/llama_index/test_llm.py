@@ -32,7 +32,7 @@ def add(a: int, b: int) -> int:
 ADD = FunctionTool.from_defaults(fn=add)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def grammar_calls(monkeypatch):
     """Record tool-call grammars instead of compiling them (the fake tokenizer has no vocabulary)."""
     import pbd_integrations.grammar as grammar
@@ -404,12 +404,14 @@ def test_a_required_call_decodes_under_the_tool_grammar_without_branches(make_ll
     assert decoder.calls[0]["force_plan"] is False  # a forced "####" would break the call grammar
 
 
-def test_an_optional_call_decodes_freely(make_llm, grammar_calls):
+def test_an_optional_call_is_still_decoded_under_the_grammar_in_auto_mode(make_llm, grammar_calls):
     llm, decoder = make_llm()
     llm.chat_with_tools([ADD], user_msg="x")
     llm.chat_with_tools([ADD], user_msg="x", tool_choice="auto")
-    assert grammar_calls == []
-    assert [c.get("constraint") for c in decoder.calls] == [None, None]
+    llm.chat(USER)  # no tools, no grammar
+    assert grammar_calls == [(["add"], "auto"), (["add"], "auto")]
+    assert [c.get("constraint") is not None for c in decoder.calls] == [True, True, False]
+    assert [c["parallel"] for c in decoder.calls] == [True, True, True]  # text answers may still branch
 
 
 def test_structured_predict_sync_and_streaming(make_llm, grammar_calls):
