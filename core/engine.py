@@ -115,6 +115,9 @@ class DecodeRun:
         self.blocks = 0
         self.planning = options.parallel and options.branches is None and options.constraint is None
         self.stops = list(options.stop or [])
+        if options.branches is not None:
+            # The caller chose the steps: the conclusion ends where the model starts another one.
+            self.stops.append(STEP_MARKER)
         self.trunk_constraint = options.constraint() if options.constraint else None
         self._last_logits: torch.Tensor | None = None
         self._stage: Stage = "plan"
@@ -165,6 +168,7 @@ class DecodeRun:
             )
         self.stats.forward_passes += 1
         self.stats.stage_forward_passes[self._stage] += 1
+        self.stats.peak_kv_tokens = max(self.stats.peak_kv_tokens, len(self.cache))
         return out.logits[0].float()
 
     def _forward_trunk(self, ids: list[int]) -> torch.Tensor:

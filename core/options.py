@@ -41,10 +41,14 @@ class DecodeOptions:
     """0 disables top-k filtering."""
     seed: int | None = None
     stop: list[str] | None = None
-    """Stop strings. In a branch they end that branch; elsewhere they end the answer. Never part of the text."""
-    merge: MergeMode = "reuse"
-    """``reuse``: keep branch KV and continue after the longest branch (no recompute).
-    ``recompute``: re-encode the branches as one sequential text before the conclusion (the paper's merge)."""
+    """Stop strings. In a branch they end that branch; elsewhere they end the answer. Never part of the text.
+    After caller-given branches, a new ``####`` in the conclusion also ends the answer (the caller chose the
+    steps), in both parallel and plain decoding."""
+    merge: MergeMode = "recompute"
+    """``recompute`` (default): re-encode the branches as one sequential text before the conclusion (the
+    paper's merge: one prefill pass). ``reuse``: keep the branch KV and continue after the longest branch
+    (no recompute, as Multiverse does); models not trained for it see branches at overlapping positions and
+    write worse conclusions (see benchmarks/README.md)."""
     parallel: bool = True
     """False decodes the same prompt plainly, token by token: the baseline."""
     force_plan: bool = False

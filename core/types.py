@@ -63,6 +63,8 @@ class DecodeStats:
     max_live_branches: int = 0
     kv_tokens: int = 0
     """Length of the KV cache at the end of the decode (one copy of the prefix)."""
+    peak_kv_tokens: int = 0
+    """Longest the KV cache was during the decode (a recompute merge or a rolled-back plan shrinks it)."""
 
     @property
     def tokens_per_forward_pass(self) -> float:
@@ -79,6 +81,7 @@ class DecodeStats:
             "stage_forward_passes": dict(self.stage_forward_passes),
             "max_live_branches": self.max_live_branches,
             "kv_tokens": self.kv_tokens,
+            "peak_kv_tokens": self.peak_kv_tokens,
         }
 
 

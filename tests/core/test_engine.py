@@ -80,6 +80,9 @@ def test_recompute_merge_reencodes_the_branches_as_sequential_text():
     decoder = decoder_for(*FRUIT_BODIES, ("####%%%%", ""))
     result = decoder.generate(RawPrompt("Q\n"), branches=FRUIT, merge="recompute")
     assert result.stats.kv_tokens == result.stats.prompt_tokens + len(result.text)
+    # At its longest the cache held the prefix, every title and every branch token written (before the merge).
+    titles = sum(len(f"####{t}:") for t in FRUIT)
+    assert result.stats.peak_kv_tokens >= result.stats.prompt_tokens + titles + sum(len(b.token_ids) - 1 for b in result.branches)
 
 
 def test_caller_branches_sequentially_each_step_sees_the_ones_before():
@@ -235,3 +238,22 @@ def test_force_plan_with_plain_decoding_starts_the_answer_with_the_same_marker()
     result = decoder.generate(RawPrompt("Q\n"), force_plan=True, parallel=False)
     assert result.text == "####A: one\n####%%%%\nEnd"
     assert [(b.title, b.text) for b in result.branches] == [("A", " one\n")]
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_after_caller_given_steps_a_new_step_in_the_conclusion_ends_the_answer(parallel):
+    decoder = decoder_for(
+        ("####Apples:", " red.\n####"),
+        ("####Bananas:", " yellow.\n####"),
+        ("####%%%%", "\nBoth are fruit.\n####Cherries: more steps nobody asked for"),
+        leak_guard=(),
+    )
+    result = decoder.generate(RawPrompt("Q\n"), branches=["Apples", "Bananas"], parallel=parallel)
+    assert result.text.endswith("####%%%%\nBoth are fruit.\n")
+    assert result.finish_reason == "stop"
+
+
+def test_recompute_is_the_default_merge():
+    decoder = decoder_for(*FRUIT_BODIES, ("####%%%%", ""))
+    result = decoder.generate(RawPrompt("Q\n"), branches=FRUIT)
+    assert result.stats.kv_tokens == result.stats.prompt_tokens + len(result.text)  # one sequential text
