@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--system", default=None, help="system prompt (default: none; see pbd_integrations.prompts)")
     run.add_argument("--max-new-tokens", type=int, default=512)
     run.add_argument("--max-branch-tokens", type=int, default=None)
-    run.add_argument("--merge", choices=["reuse", "recompute"], default="reuse")
+    run.add_argument("--merge", choices=["reuse", "recompute"], default="recompute")
     run.add_argument("--sequential", action="store_true", help="plain token-by-token decoding (the baseline)")
     run.add_argument("--temperature", type=float, default=0.0)
     run.add_argument("--seed", type=int, default=None)
