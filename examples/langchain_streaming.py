@@ -32,7 +32,7 @@ def columns(texts: dict[int, str], titles: dict[int, str], done: set[int]) -> st
 
 
 async def main() -> None:
-    llm = ChatParallelBranch(max_tokens=120, max_branch_tokens=28)
+    llm = ChatParallelBranch(max_tokens=80, max_branch_tokens=20, repetition_penalty=1.3)
     titles: dict[int, str] = {}
     texts: dict[int, str] = {}
     done: set[int] = set()
