@@ -52,8 +52,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--branch-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     decoder = ParallelBranchDecoder.from_pretrained(args.model, dtype=args.dtype)
     print(f"{decoder.model_name}, {decoder.device}, {decoder.mask_dtype}, {torch.get_num_threads()} threads", flush=True)

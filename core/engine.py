@@ -31,7 +31,7 @@ from .cache import TreeCache, trunk
 from .detokenize import TextStream, find_first, held_back
 from .masks import TRUNK
 from .options import DecodeOptions
-from .plan_format import CLOSE_MARKER, ELISION, STEP_MARKER, branch_separator, read_title, seed_text, split_sections
+from .plan_format import CLOSE_TEXT, ELISION, STEP_MARKER, branch_separator, read_title, seed_text, split_sections
 from .prompting import encode
 from .sampler import make_sampler
 from .types import (
@@ -369,8 +369,8 @@ class DecodeRun:
                 if read.status != "pending":
                     break
                 logits = self._forward_trunk([token])
-            if read.status != "title":
-                break  # "%%%%" closed the list, or the entry is malformed: plan with what we have
+            if read.status != "title" or read.title in titles:
+                break  # "%%%%" closed the list, the entry is malformed, or the model repeats itself
             titles.append(read.title)
             self._crop(title_slot + len(forced))  # drop the model's own title tokens ...
             self.trunk_position = list_position + (len(self.cache) - list_slot)
@@ -531,11 +531,11 @@ class DecodeRun:
         self._enter("merge")
         if self.budget_left <= 0:
             return None, "length"
-        close_ids = encode(self.tokenizer, CLOSE_MARKER)
+        close_ids = encode(self.tokenizer, CLOSE_TEXT)
         if self.options.merge == "recompute":
             self._crop(block_slot)
             self.trunk_position = block_position
-            text = "".join(seed_text(b.title) + b.body + branch_separator(b.body) for b in branches) + CLOSE_MARKER
+            text = "".join(seed_text(b.title) + b.body + branch_separator(b.body) for b in branches) + CLOSE_TEXT
             logits = self._forward_trunk(encode(self.tokenizer, text))
         else:
             # Keep every branch's KV; write what branches still owe together with the close marker.
@@ -552,7 +552,7 @@ class DecodeRun:
             positions += list(range(self.trunk_position, self.trunk_position + len(close_ids)))
             self.trunk_position += len(close_ids)
             logits = self._forward(ids, branch_ids, positions, ctx_end, None)
-        yield from self._write_trunk(CLOSE_MARKER, close_ids)
+        yield from self._write_trunk(CLOSE_TEXT, close_ids)
         return logits, None
 
     # ------------------------------------------------------------------ sequential baseline
@@ -598,9 +598,9 @@ class DecodeRun:
         self._enter("merge")
         if self.budget_left <= 0:
             return None, "length"
-        close_ids = encode(self.tokenizer, CLOSE_MARKER)
+        close_ids = encode(self.tokenizer, CLOSE_TEXT)
         logits = self._forward_trunk(close_ids)
-        yield from self._write_trunk(CLOSE_MARKER, close_ids)
+        yield from self._write_trunk(CLOSE_TEXT, close_ids)
         return logits, None
 
     def _sections_of_plain_text(self, text: str) -> list[BranchResult]:

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 
 STEP_MARKER = "####"
 CLOSE_MARKER = "####%%%%"
+CLOSE_TEXT = CLOSE_MARKER + "\n"
+"""What the engine writes to close a block: the marker and a line break, so the conclusion starts on a
+fresh line (small models otherwise tend to keep writing ``%%%%``)."""
 CLOSE_TAIL = "%%%%"
 ELISION = " ...\n"
 MAX_TITLE_CHARS = 120

@@ -72,7 +72,7 @@ def test_kv_cache_holds_one_prefix_plus_titles_plus_branch_tokens():
     result = decoder.generate(RawPrompt("Q\n"), branches=FRUIT, merge="reuse")
     titles = sum(len(f"####{t}:") for t in FRUIT)  # one byte per token
     branch_tokens = sum(len(b.token_ids) - 1 for b in result.branches)  # the ending token is never written
-    close = len("####%%%%")
+    close = len("####%%%%\n")
     assert result.stats.kv_tokens == result.stats.prompt_tokens + titles + branch_tokens + close
 
 
@@ -257,3 +257,22 @@ def test_recompute_is_the_default_merge():
     decoder = decoder_for(*FRUIT_BODIES, ("####%%%%", ""))
     result = decoder.generate(RawPrompt("Q\n"), branches=FRUIT)
     assert result.stats.kv_tokens == result.stats.prompt_tokens + len(result.text)  # one sequential text
+
+
+def test_a_repeated_title_ends_the_plan():
+    decoder = decoder_for(
+        ("Q\n", "####A:"),
+        ("A: ...\n####", "B:"),
+        ("B: ...\n####", "A:"),  # the model starts listing again
+        ("####A:", " a.\n####"),
+        ("####B:", " b.\n####"),
+        leak_guard=(),
+    )
+    result = decoder.generate(RawPrompt("Q\n"))
+    assert [b.title for b in result.branches] == ["A", "B"]
+
+
+def test_the_engine_closes_a_block_on_its_own_line():
+    decoder = decoder_for(*FRUIT_BODIES[:1], ("####%%%%\n", "Done."), leak_guard=())
+    result = decoder.generate(RawPrompt("Q\n"), branches=["Apples"])
+    assert result.text == "####Apples: red.\n####%%%%\nDone."
