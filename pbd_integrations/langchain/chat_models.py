@@ -417,8 +417,9 @@ class ChatParallelBranch(BaseChatModel):
     """Stop strings, honoured even when they span tokens; per-call ``stop`` adds to these."""
     max_branches: int = 16
     """Most branches in one parallel block."""
-    merge: Literal["reuse", "recompute"] = "reuse"
-    """How branches join: ``reuse`` keeps their KV cache, ``recompute`` re-reads them sequentially."""
+    merge: Literal["reuse", "recompute"] | None = None
+    """How branches join: ``recompute`` re-reads them sequentially, ``reuse`` keeps their KV
+    cache; None uses the engine's default."""
     parallel: bool = True
     """False decodes plainly, token by token (the baseline)."""
     seed: int | None = None
@@ -522,10 +523,11 @@ class ChatParallelBranch(BaseChatModel):
             "top_p": self.top_p,
             "top_k": self.top_k,
             "seed": self.seed,
-            "merge": self.merge,
             "parallel": self.parallel,
             "stop": self._stop_strings(stop),
         }
+        if self.merge is not None:
+            options["merge"] = self.merge
         unknown = sorted(set(kwargs) - set(_ENGINE_OPTIONS))
         if unknown:
             msg = f"unknown option(s) {unknown} for ChatParallelBranch; decoding options are {list(_ENGINE_OPTIONS)}"
