@@ -104,7 +104,8 @@ class ParallelBranchLLM(FunctionCallingLLM):
         default=None, description="Stop strings (never part of the text); a per-call stop adds to these."
     )
     merge: Literal["reuse", "recompute"] = Field(
-        default="reuse", description="How decoding continues after the branches: keep their KV or re-encode them."
+        default="recompute",
+        description="How decoding continues after the branches: re-encode them (default) or keep their KV.",
     )
     parallel: bool = Field(default=True, description="False decodes plainly, token by token (the baseline).")
     force_plan: bool = Field(
