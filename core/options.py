@@ -118,3 +118,10 @@ class DecodeOptions:
 def _check_positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+CALL_OPTION_NAMES: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(DecodeOptions) if f.name != "constraint"
+)
+"""The options a caller may pass per call through an adapter (``constraint`` is built by the adapters)."""
+

@@ -48,6 +48,7 @@ from langchain_core.utils.pydantic import TypeBaseModel, is_basemodel_subclass
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 from typing_extensions import Self
 
+from pbd_core.options import CALL_OPTION_NAMES
 from pbd_integrations.chat import json_instructions, render_chat
 from pbd_integrations.grammar import json_schema_constraint, tool_call_constraint
 from pbd_integrations.penalties import punctuation_exemption, with_repetition_penalty
@@ -62,19 +63,6 @@ BRANCH_START_EVENT = "pbd_branch_start"
 BRANCH_END_EVENT = "pbd_branch_end"
 """Custom event sent when a branch ends: ``{branch, title, finish_reason, text}``."""
 
-_ENGINE_OPTIONS = (
-    "branches",
-    "max_new_tokens",
-    "max_branch_tokens",
-    "max_branches",
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "stop",
-    "merge",
-    "parallel",
-)
 # Call kwargs LangChain callers send that carry no meaning for a local model.
 _IGNORED_KWARGS = ("strict", "parallel_tool_calls", "stream", "streaming")
 
@@ -528,9 +516,9 @@ class ChatParallelBranch(BaseChatModel):
         }
         if self.merge is not None:
             options["merge"] = self.merge
-        unknown = sorted(set(kwargs) - set(_ENGINE_OPTIONS))
+        unknown = sorted(set(kwargs) - set(CALL_OPTION_NAMES))
         if unknown:
-            msg = f"unknown option(s) {unknown} for ChatParallelBranch; decoding options are {list(_ENGINE_OPTIONS)}"
+            msg = f"unknown option(s) {unknown} for ChatParallelBranch; decoding options are {list(CALL_OPTION_NAMES)}"
             raise ValueError(msg)
         options.update(kwargs)
 

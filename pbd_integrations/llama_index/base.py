@@ -41,6 +41,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from pbd_core import DecodeOptions, RawPrompt
+from pbd_core.options import CALL_OPTION_NAMES
 
 from ..chat import render_chat
 from ..penalties import with_repetition_penalty
@@ -52,19 +53,8 @@ if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
     from pbd_core import ParallelBranchDecoder
 
-_DECODING_FIELDS = (
-    "branches",
-    "max_branch_tokens",
-    "max_branches",
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "stop",
-    "merge",
-    "parallel",
-    "force_plan",
-)
+# Engine options this LLM carries as fields of the same name (``max_tokens`` maps to ``max_new_tokens``).
+_DECODING_FIELDS = tuple(name for name in CALL_OPTION_NAMES if name != "max_new_tokens")
 
 
 class ParallelBranchLLM(FunctionCallingLLM):
