@@ -55,11 +55,6 @@ class TreeCache:
     def __len__(self) -> int:
         return int(self.branch.numel())
 
-    @property
-    def next_trunk_position(self) -> int:
-        """Position id of a trunk token appended now: one past the furthest position written."""
-        return int(self.position.max().item()) + 1 if len(self) else 0
-
     def plan_append(
         self,
         branch: Sequence[int] | torch.Tensor,
@@ -131,10 +126,6 @@ class TreeCache:
         if slots:
             self.visible[torch.tensor(slots, device=self.device)] = False
             self.linear = False
-
-    def trunk_positions(self, n: int) -> list[int]:
-        start = self.next_trunk_position
-        return list(range(start, start + n))
 
     def dense_mask(self) -> torch.Tensor:
         """``[L, L]`` boolean: which slot each slot attended to (full-attention layers)."""

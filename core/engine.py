@@ -31,7 +31,16 @@ from .cache import TreeCache, trunk
 from .detokenize import TextStream, find_first, held_back
 from .masks import TRUNK
 from .options import DecodeOptions
-from .plan_format import CLOSE_TEXT, ELISION, STEP_MARKER, branch_separator, read_title, seed_text, split_sections
+from .plan_format import (
+    CLOSE_TEXT,
+    ELISION,
+    STEP_MARKER,
+    branch_separator,
+    planned_entry_text,
+    read_title,
+    seed_text,
+    split_sections,
+)
 from .prompting import encode
 from .sampler import make_sampler
 from .types import (
@@ -350,7 +359,7 @@ class DecodeRun:
         self.trunk_position = list_position
 
         titles = [read.title]
-        forced = leftover_ids + encode(self.tokenizer, f"{STEP_MARKER}{read.title}:{ELISION}")
+        forced = leftover_ids + encode(self.tokenizer, planned_entry_text(read.title))
         forced += encode(self.tokenizer, STEP_MARKER)
         while len(titles) < self.options.max_branches and self.budget_left > 0:
             title_slot = len(self.cache)

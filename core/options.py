@@ -11,11 +11,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+from .plan_format import MAX_TITLE_CHARS
+
 MergeMode = Literal["reuse", "recompute"]
 MERGE_MODES: tuple[str, ...] = ("reuse", "recompute")
 
-MAX_TITLE_CHARS = 120
-"""A planned title longer than this is treated as a malformed plan."""
 
 
 @dataclass(frozen=True)
