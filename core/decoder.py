@@ -11,9 +11,13 @@ from typing import Any
 import torch
 
 from . import attention, loading
-from .engine import DecodeRun
+from .driver import adrive, drive
+from .executors.base import Executor
+from .executors.local import LocalExecutor
+from .executors.tree_mask import TorchTree
 from .options import DecodeOptions
 from .prompting import Prompt, encode, prompt_ids, render_messages
+from .stages import DecodeRun
 from .types import DecodeResult, FinalEvent, StreamEvent
 
 CUSTOM_MASK_ATTENTION = ("sdpa", "eager", attention.NAME)
@@ -68,6 +72,53 @@ class ParallelBranchDecoder:
         self.eos_token_ids = _eos_token_ids(self.model, tokenizer)
         self.model_name = name or str(getattr(config, "_name_or_path", "") or type(self.model).__name__)
         self.source = source or self.model_name
+        self.executor: Executor = LocalExecutor(
+            self._new_tree,
+            tokenizer=tokenizer,
+            eos_token_ids=self.eos_token_ids,
+            context_window=self.context_window,
+            model_name=self.model_name,
+            device=self.device,
+        )
+
+    def _new_tree(self) -> TorchTree:
+        return TorchTree(self.model, self.device, self.mask_dtype, self.layer_windows)
+
+    @classmethod
+    def from_server(
+        cls,
+        base_url: str,
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        tokenizer: Any = None,
+        timeout: float = 600.0,
+    ) -> "ParallelBranchDecoder":
+        """Decode on a vLLM or SGLang server through its OpenAI-compatible completions API.
+
+        Branches are concurrent requests that share the prefix (the server's continuous batching and
+        prefix caching do the rest); the merge is ``recompute``. ``model=None`` takes the server's only
+        model. See `pbd_core.executors.remote`.
+        """
+        from .executors.remote import RemoteExecutor
+
+        executor = RemoteExecutor(base_url, model=model, api_key=api_key, tokenizer=tokenizer, timeout=timeout)
+        return cls.from_executor(executor, source=executor.base_url)
+
+    @classmethod
+    def from_executor(cls, executor: Executor, *, source: str | None = None) -> "ParallelBranchDecoder":
+        """A decoder over any executor (a remote server, llama.cpp): the same `generate`/`stream` API."""
+        decoder = cls.__new__(cls)
+        decoder.model = None
+        decoder.executor = executor
+        decoder.tokenizer = executor.tokenizer
+        decoder.device = getattr(executor, "device", None)
+        decoder.mask_dtype = getattr(executor, "dtype", None)
+        decoder.context_window = executor.context_window
+        decoder.eos_token_ids = executor.eos_token_ids
+        decoder.model_name = executor.model_name
+        decoder.source = source or executor.model_name
+        return decoder
 
     # ------------------------------------------------------------------ construction
 
@@ -106,10 +157,22 @@ class ParallelBranchDecoder:
         Arguments are validated now, before any compute: a bad call raises here,
         not on the first ``next()``.
         """
-        run = self._prepare(prompt, options)
-        return run.events()
+        run, session = self._prepare(prompt, options)
+        return drive(run.events(), session)
 
-    def _prepare(self, prompt: Prompt, options: Mapping[str, Any]) -> DecodeRun:
+    async def agenerate(self, prompt: Prompt, **options: Any) -> DecodeResult:
+        """`generate` from an event loop (a remote executor awaits the server without threads)."""
+        async for event in self.astream(prompt, **options):
+            if isinstance(event, FinalEvent):
+                return event.result
+        raise RuntimeError("decode ended without a result")  # pragma: no cover
+
+    def astream(self, prompt: Prompt, **options: Any):
+        """Async `stream`; arguments are validated now, before any compute."""
+        run, session = self._prepare(prompt, options)
+        return adrive(run.events(), session)
+
+    def _prepare(self, prompt: Prompt, options: Mapping[str, Any]):
         decode_options = options if isinstance(options, DecodeOptions) else DecodeOptions.from_kwargs(**options)
         ids = prompt_ids(self.tokenizer, prompt)
         if not ids:
@@ -118,7 +181,19 @@ class ParallelBranchDecoder:
             raise ValueError(
                 f"prompt is {len(ids)} tokens but the model's context window is {self.context_window} tokens"
             )
-        return DecodeRun(self, ids, decode_options)
+        check = getattr(self.executor, "check_options", None)
+        if check is not None:
+            check(decode_options)
+        session = self.executor.session(decode_options)
+        run = DecodeRun(
+            tokenizer=self.tokenizer,
+            eos_token_ids=self.eos_token_ids,
+            context_window=self.context_window,
+            executor_stats=session.stats,
+            prompt_ids=ids,
+            options=decode_options,
+        )
+        return run, session
 
     def trace_mask(self, prompt: Prompt, **options: Any) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Decode, then return the attention pattern of the final cache.
@@ -127,10 +202,11 @@ class ParallelBranchDecoder:
         row ``q`` says which slots the token in slot ``q`` attended to (full-attention
         layers). Used to draw the method from a real run.
         """
-        run = self._prepare(prompt, options)
-        for _ in run.events():
+        run, session = self._prepare(prompt, options)
+        for _ in drive(run.events(), session):
             pass
-        return run.cache.dense_mask().cpu(), run.cache.branch.cpu(), list(run.slot_ids)
+        tree = session.tree
+        return tree.cache.dense_mask().cpu(), tree.cache.branch.cpu(), list(tree.slot_ids)
 
     # ------------------------------------------------------------------ helpers for adapters
 
@@ -148,7 +224,7 @@ class ParallelBranchDecoder:
         return len(encode(self.tokenizer, text))
 
     def __repr__(self) -> str:
-        return f"ParallelBranchDecoder(model={self.model_name!r}, device={self.device}, dtype={self.mask_dtype})"
+        return f"ParallelBranchDecoder(model={self.model_name!r}, executor={type(self.executor).__name__})"
 
 
 # --------------------------------------------------------------------------- model checks
