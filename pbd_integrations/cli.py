@@ -54,12 +54,15 @@ def _spinner(desc: str, enabled: bool) -> Iterator[None]:
         bar.close()
 
 
-def _load(model: str, dtype: str, show: bool):
+def _load(model: str, dtype: str, show: bool, server: str | None = None):
     from pbd_core import ParallelBranchDecoder
 
-    with _spinner(f"loading {model}", show):
+    with _spinner(f"connecting to {server}" if server else f"loading {model}", show):
         t0 = time.perf_counter()
-        decoder = ParallelBranchDecoder.from_pretrained(model, dtype=dtype)
+        if server:
+            decoder = ParallelBranchDecoder.from_server(server, model=None if model == "default" else model)
+        else:
+            decoder = ParallelBranchDecoder.from_pretrained(model, dtype=dtype)
     if show:
         print(f"loaded {decoder!r} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return decoder
@@ -170,7 +173,8 @@ def _options(args) -> dict[str, Any]:
 def cmd_run(args) -> int:
     from pbd_core import BranchEndEvent, BranchStartEvent, FinalEvent, TokenEvent
 
-    decoder = _load(args.model, args.dtype, _progress_enabled(args) or not args.json and sys.stderr.isatty())
+    decoder = _load(args.model, args.dtype, _progress_enabled(args) or not args.json and sys.stderr.isatty(),
+                    args.server)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
         [{"role": "user", "content": args.question}]
     options = _options(args)
@@ -329,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default="default",
                        help="'default' (SmolLM2-135M), 'qwen2.5-coder-0.5b', a transformers folder or a .gguf path")
         p.add_argument("--dtype", default="auto", help="auto (bf16 where the CPU supports it), bfloat16, float32")
+        p.add_argument("--server", default=None, metavar="URL",
+                       help="decode on a vLLM/SGLang server (e.g. http://127.0.0.1:8000/v1); --model names the "
+                            "served model ('default': the server's only one)")
         p.add_argument("--json", action="store_true", help="print one JSON document for scripts")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -50,6 +50,24 @@ def get_decoder(
     return decoder
 
 
+_remote: dict[tuple[str, str | None, str | None, float], "ParallelBranchDecoder"] = {}
+
+
+def get_remote_decoder(
+    base_url: str, *, model: str | None = None, api_key: str | None = None, timeout: float = 600.0
+) -> "ParallelBranchDecoder":
+    """Return the shared decoder for a model on a vLLM/SGLang server (connects on the first call)."""
+    key = (base_url, model, api_key, float(timeout))
+    with _lock:
+        decoder = _remote.get(key)
+        if decoder is None:
+            from pbd_core import ParallelBranchDecoder
+
+            decoder = ParallelBranchDecoder.from_server(base_url, model=model, api_key=api_key, timeout=timeout)
+            _remote[key] = decoder
+    return decoder
+
+
 def loaded_sources() -> list[tuple[str, str, str]]:
     """The ``(source, dtype, device)`` keys loaded so far in this process."""
     with _lock:
@@ -60,3 +78,4 @@ def clear() -> None:
     """Forget every loaded decoder (their memory is freed once no adapter holds them)."""
     with _lock:
         _decoders.clear()
+        _remote.clear()

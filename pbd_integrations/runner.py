@@ -1,11 +1,15 @@
-"""Run the engine for an adapter: one decode at a time per decoder, sync or async.
+"""Run the engine for an adapter, sync or async.
 
-A `ParallelBranchDecoder` owns one model and one KV cache, so decodes on the
-same decoder are serialised with a lock. The async version runs the decode
-in a worker thread and hands events to the event loop through an
-`asyncio.Queue`, so a coroutine awaiting tokens never blocks the loop.
-Leaving the async iteration early (``break``, cancellation) tells the worker
-to stop after its current forward pass.
+An in-process `ParallelBranchDecoder` owns one model, so decodes on the same
+decoder are serialised with a lock. Its async version runs the decode in a
+worker thread and hands events to the event loop through an `asyncio.Queue`,
+so a coroutine awaiting tokens never blocks the loop. Leaving the async
+iteration early (``break``, cancellation) tells the worker to stop after its
+current forward pass.
+
+A decoder on a server (``ParallelBranchDecoder.from_server``) takes neither
+the lock nor a thread: the server batches concurrent callers itself, and the
+async path awaits its HTTP streams on the caller's event loop.
 """
 
 from __future__ import annotations
@@ -30,8 +34,20 @@ def decoder_lock(decoder: Any) -> threading.Lock:
         return lock
 
 
+def is_remote(decoder: Any) -> bool:
+    """True for a decoder whose executor is a server (it serves concurrent callers itself)."""
+    return bool(getattr(getattr(decoder, "executor", None), "concurrent", False))
+
+
 def iterate_events(decoder: Any, prompt: Any, options: dict[str, Any]) -> Iterator[Any]:
-    """``decoder.stream(prompt, **options)`` while holding the decoder's lock."""
+    """``decoder.stream(prompt, **options)``, holding the decoder's lock when it runs in process."""
+    if is_remote(decoder):
+        stream = decoder.stream(prompt, **options)
+        try:
+            yield from stream
+        finally:
+            stream.close()
+        return
     with decoder_lock(decoder):
         stream = decoder.stream(prompt, **options)
         try:
@@ -43,7 +59,15 @@ def iterate_events(decoder: Any, prompt: Any, options: dict[str, Any]) -> Iterat
 
 
 async def aiterate_events(decoder: Any, prompt: Any, options: dict[str, Any]) -> AsyncIterator[Any]:
-    """Async `iterate_events`: decoding runs in a worker thread, events arrive through a queue."""
+    """Async `iterate_events`: a server is awaited directly; a local decode runs in a worker thread."""
+    if is_remote(decoder):
+        stream = decoder.astream(prompt, **options)
+        try:
+            async for event in stream:
+                yield event
+        finally:
+            await stream.aclose()
+        return
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     stop = threading.Event()

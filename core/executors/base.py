@@ -173,6 +173,8 @@ class Executor:
     eos_token_ids: frozenset[int]
     context_window: int
     model_name: str
+    concurrent: bool = False
+    """True when concurrent answers need no serialising on the client (a server batches them)."""
 
     def session(self, options: Any) -> ExecutorSession:  # pragma: no cover - interface
         raise NotImplementedError

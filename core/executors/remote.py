@@ -451,6 +451,8 @@ class RemoteExecutor(Executor):
         timeout: seconds to wait for a connection or the next token.
     """
 
+    concurrent = True
+
     def __init__(
         self,
         base_url: str,

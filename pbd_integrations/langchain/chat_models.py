@@ -45,15 +45,15 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, Runn
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import TypeBaseModel, is_basemodel_subclass
-from pydantic import BaseModel, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, model_validator
 from typing_extensions import Self
 
 from pbd_core.options import CALL_OPTION_NAMES
 from pbd_integrations.chat import json_instructions, render_chat
 from pbd_integrations.grammar import json_schema_constraint, tool_call_constraint
 from pbd_integrations.penalties import punctuation_exemption, with_repetition_penalty
-from pbd_integrations.registry import get_decoder
-from pbd_integrations.runner import aiterate_events, iterate_events
+from pbd_integrations.registry import get_decoder, get_remote_decoder
+from pbd_integrations.runner import aiterate_events, is_remote, iterate_events
 from pbd_integrations.tool_calls import ToolCallParseError, ToolCallSplitter
 
 BRANCH_TOKEN_EVENT = "pbd_branch_token"
@@ -418,6 +418,13 @@ class ChatParallelBranch(BaseChatModel):
     dtype: str = "auto"
     """Weight dtype for loading (``"auto"``: bf16 where the CPU supports it)."""
     device: str = "auto"
+    base_url: str | None = None
+    """A vLLM or SGLang server (OpenAI-compatible, e.g. ``http://127.0.0.1:8000/v1``) to decode on instead
+    of loading weights here; ``model`` then names the served model (``"default"``: the server's only one)."""
+    api_key: SecretStr | None = None
+    """Bearer token for ``base_url``."""
+    timeout: float = 600.0
+    """Seconds to wait for the server's next token."""
     streaming: bool = False
     """Accepted for compatibility; ``stream`` always streams."""
 
@@ -451,7 +458,12 @@ class ChatParallelBranch(BaseChatModel):
     def decoder(self) -> Any:
         """The shared `ParallelBranchDecoder` (loads the weights on first access)."""
         if self._decoder is None:
-            self._decoder = get_decoder(self.model, dtype=self.dtype, device=self.device)
+            if self.base_url:
+                model = None if self.model == "default" else self.model
+                key = self.api_key.get_secret_value() if self.api_key else None
+                self._decoder = get_remote_decoder(self.base_url, model=model, api_key=key, timeout=self.timeout)
+            else:
+                self._decoder = get_decoder(self.model, dtype=self.dtype, device=self.device)
         return self._decoder
 
     @property
@@ -473,6 +485,7 @@ class ChatParallelBranch(BaseChatModel):
             "parallel": self.parallel,
             "seed": self.seed,
             "repetition_penalty": self.repetition_penalty,
+            "base_url": self.base_url,
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -576,7 +589,10 @@ class ChatParallelBranch(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         run_id = kwargs.pop(_RUN_ID_KWARG, None)
         # Off the loop: the first call loads the weights and compiling a grammar takes up to a second.
-        prompt, options, parse_tools = await asyncio.to_thread(self._request, messages, stop, **kwargs)
+        if self._decoder is not None and is_remote(self._decoder):  # nothing to load: no thread needed
+            prompt, options, parse_tools = self._request(messages, stop, **kwargs)
+        else:  # the first call loads the weights: off the event loop
+            prompt, options, parse_tools = await asyncio.to_thread(self._request, messages, stop, **kwargs)
         builder = _ChunkBuilder(self.decoder.model_name, parse_tools=parse_tools)
         target = _event_target(AsyncCallbackManager, run_manager, run_id)
         async for event in aiterate_events(self.decoder, prompt, options):

@@ -45,8 +45,8 @@ from pbd_core.options import CALL_OPTION_NAMES
 
 from ..chat import render_chat
 from ..penalties import with_repetition_penalty
-from ..registry import get_decoder
-from ..runner import aiterate_events, iterate_events
+from ..registry import get_decoder, get_remote_decoder
+from ..runner import aiterate_events, is_remote, iterate_events
 from .convert import ResponseStream, to_engine_messages, tool_selections
 
 if TYPE_CHECKING:
@@ -78,6 +78,15 @@ class ParallelBranchLLM(FunctionCallingLLM):
     )
     dtype: str = Field(default="auto", description='Weight dtype ("auto" picks bf16 where the CPU supports it).')
     device: str = Field(default="auto", description='Torch device ("auto": CUDA when present, else CPU).')
+    base_url: str | None = Field(
+        default=None,
+        description=(
+            "A vLLM or SGLang server (OpenAI-compatible, e.g. http://127.0.0.1:8000/v1) to decode on instead of "
+            'loading weights here; then ``model`` names the served model ("default": the server\'s only model).'
+        ),
+    )
+    api_key: str | None = Field(default=None, description="Bearer token for ``base_url``.")
+    timeout: float = Field(default=600.0, gt=0, description="Seconds to wait for the server's next token.")
     branches: list[str] | None = Field(
         default=None, description="Caller-given step titles: skip planning and decode these steps in parallel."
     )
@@ -133,7 +142,11 @@ class ParallelBranchLLM(FunctionCallingLLM):
     def decoder(self) -> ParallelBranchDecoder:
         """The shared decoder, loaded on first use."""
         if self._decoder is None:
-            self._decoder = get_decoder(self.model, dtype=self.dtype, device=self.device)
+            if self.base_url:
+                model = None if self.model == "default" else self.model
+                self._decoder = get_remote_decoder(self.base_url, model=model, api_key=self.api_key, timeout=self.timeout)
+            else:
+                self._decoder = get_decoder(self.model, dtype=self.dtype, device=self.device)
         return self._decoder
 
     @property
@@ -258,7 +271,10 @@ class ParallelBranchLLM(FunctionCallingLLM):
 
     async def _astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         # Loading the weights (first call) and building a tool grammar take seconds: not on the loop.
-        prompt, options, tools = await asyncio.to_thread(self._prepare, messages, kwargs)
+        if self._decoder is not None and is_remote(self._decoder):  # nothing to load: no thread needed
+            prompt, options, tools = self._prepare(messages, kwargs)
+        else:  # the first call loads the weights: off the event loop
+            prompt, options, tools = await asyncio.to_thread(self._prepare, messages, kwargs)
         decoder = self.decoder
 
         async def gen() -> ChatResponseAsyncGen:
