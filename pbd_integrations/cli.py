@@ -268,6 +268,32 @@ def _task_list(args):
     return tasks
 
 
+def _bench_server(args, tasks, show: bool) -> int:
+    """`pbd bench --server URL`: caller-branch tasks, sequential vs parallel, on the server (see bench.remote)."""
+    from tqdm import tqdm
+
+    from pbd_integrations.bench import remote, suite
+
+    decoder = _load(args.model, args.dtype, show, args.server)
+    bar = tqdm(total=1 + len(tasks), desc="bench (server)", file=sys.stderr, disable=not show)
+
+    def progress(what: str) -> None:
+        bar.set_postfix_str(what, refresh=False)
+        bar.update(1)
+
+    command = args.command or "pbd " + " ".join(shlex.quote(a) for a in args.argv)
+    doc = remote.run_remote_bench(decoder, tasks, command=command, progress=progress)
+    bar.close()
+    path = suite.save(doc, Path(args.out) / (_slug(args.model, decoder) + f"-server{'-' + args.tag if args.tag else ''}")
+                      / "results.json")
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    else:
+        print(remote.format_report(doc))
+        print(f"saved {path}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from tqdm import tqdm
 
@@ -276,6 +302,8 @@ def cmd_bench(args) -> int:
 
     show = _progress_enabled(args)
     tasks = _task_list(args)
+    if args.server:
+        return _bench_server(args, tasks, show)
     decoder = _load(args.model, args.dtype, show)
     if args.threads:
         import torch

@@ -193,7 +193,7 @@ class RemoteSession(ExecutorSession):
                 f"max_model_len of {self.executor.context_window}"
             )
         max_tokens = max(1, min(max_tokens, self.executor.context_window - len(prompt)))
-        return completion_body(
+        body = completion_body(
             self.executor.model,
             list(prompt),
             max_tokens=max_tokens,
@@ -202,6 +202,10 @@ class RemoteSession(ExecutorSession):
             grammar=getattr(constraint, "grammar", None) if constraint else None,
             server=self.executor.server_kind,
         )
+        penalty = getattr(constraint, "repetition_penalty", None) if constraint else None
+        if penalty is not None:
+            body["repetition_penalty"] = penalty  # the server applies it (same definition as Hugging Face's)
+        return body
 
     # ------------------------------------------------------------------ sync
 
