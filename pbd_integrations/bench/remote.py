@@ -131,6 +131,8 @@ def run_remote_bench(
                 "seconds": round(seconds, 3),
                 "generated_tokens": result.stats.generated_tokens,
                 "finish_reason": result.finish_reason,
+                "stage_seconds": {k: round(v, 3) for k, v in result.stats.stage_seconds.items()},
+                "stage_tokens": dict(result.stats.stage_tokens),
                 "quality": score(task, steps),
             }
             if parallel:
@@ -138,6 +140,10 @@ def run_remote_bench(
                 row["branches_equal_plain_completion"] = sum(exact)
                 row["branches"] = len(exact)
         row["speedup"] = round(row["sequential"]["seconds"] / row["parallel"]["seconds"], 3)
+        # The steps themselves: the sequential run writes them in its "parallel" stage too, one after another.
+        row["steps_speedup"] = round(
+            row["sequential"]["stage_seconds"]["parallel"] / max(row["parallel"]["stage_seconds"]["parallel"], 1e-9), 3
+        )
         runs.append(row)
         if progress:
             progress(task.id)
@@ -154,6 +160,7 @@ def run_remote_bench(
         "summary": {
             "tasks": len(runs),
             "speedup_median": round(statistics.median(speedups), 3) if speedups else None,
+            "steps_speedup_median": round(statistics.median([r["steps_speedup"] for r in runs]), 3) if runs else None,
             "speedup_by_size": {
                 str(size): round(statistics.median([r["speedup"] for r in runs if r["size"] == size]), 3)
                 for size in sorted({r["size"] for r in runs})
@@ -172,14 +179,17 @@ def format_report(doc: dict[str, Any]) -> str:
         f"fork ceiling: {fork['k']} x {fork['tokens_each']} tokens on a {fork['prefix_tokens']}-token prefix: "
         f"{fork['one_by_one_seconds']} s one by one, {fork['all_at_once_seconds']} s at once = {fork['speedup']}x "
         f"(same greedy tokens: {fork['same_greedy_tokens']})",
-        f"caller-branch tasks: {summary['tasks']}, median speed-up parallel vs sequential {summary['speedup_median']}x, "
-        f"by size {summary['speedup_by_size']}",
+        f"caller-branch tasks: {summary['tasks']}, median end-to-end speed-up parallel vs sequential "
+        f"{summary['speedup_median']}x (by size {summary['speedup_by_size']}); the steps alone: "
+        f"{summary['steps_speedup_median']}x",
         f"branches equal to the server's plain completion of their context: {summary['branches_equal_plain_completion']}",
     ]
     for run in doc["runs"]:
         lines.append(
             f"  {run['task']:<28} seq {run['sequential']['seconds']:7.2f} s  par {run['parallel']['seconds']:7.2f} s"
-            f"  {run['speedup']:5.2f}x  exact {run['branches_equal_plain_completion']}/{run['branches']}"
+            f"  {run['speedup']:5.2f}x (steps {run['steps_speedup']:5.2f}x; conclusion tokens seq "
+            f"{run['sequential']['stage_tokens']['merge']}, par {run['parallel']['stage_tokens']['merge']})"
+            f"  exact {run['branches_equal_plain_completion']}/{run['branches']}"
         )
     if doc.get("command"):
         lines.append(f"command: {doc['command']}")
