@@ -1,7 +1,7 @@
 """A scripted OpenAI-compatible completions server, in process, for the remote executor's protocol tests.
 
 It speaks the subset of vLLM's API the remote executor uses (``/v1/models``,
-streamed ``/v1/completions`` with token-id prompts, ``return_tokens_as_token_ids``,
+streamed ``/v1/completions`` with token-id prompts, ``return_token_ids``,
 ``include_stop_str_in_output``) through `httpx.MockTransport`, and writes text
 with the same `rules` scripts as `ScriptedLM`, so one script can be decoded
 locally and "remotely" and the results compared. It records every request.
@@ -73,8 +73,8 @@ class FakeServer:
 
     @staticmethod
     def _chunk(text: str, token: int | None, finish: str | None, stop_reason) -> dict:
-        tokens = [f"token_id:{token}"] if token is not None else []
-        return {"choices": [{"index": 0, "text": text, "logprobs": {"tokens": tokens},
+        tokens = [token] if token is not None else []
+        return {"choices": [{"index": 0, "text": text, "token_ids": tokens,
                              "finish_reason": finish, "stop_reason": stop_reason}]}
 
     def transports(self) -> dict:

@@ -15,8 +15,9 @@ hard part:
   server). ``reuse`` would need one token to attend to several sequences,
   which no serving API offers: it is refused with a clear error.
 
-Sampled token ids come back in the stream (vLLM: ``return_tokens_as_token_ids``
-with ``logprobs``), so the stages see exactly the server's tokens. The server
+Sampled token ids come back in the stream (vLLM's ``return_token_ids``; EOS
+included), so the stages see exactly the server's tokens; a server that sends
+only text has it re-encoded (then a branch is exact up to tokenization). The server
 stops a branch at ``####`` itself; ``include_stop_str_in_output`` (vLLM) /
 ``no_stop_trim`` (SGLang) keep the marker's tokens in the stream so the stages
 read it as they do locally. Grammar constraints go to the server's own guided
@@ -99,8 +100,7 @@ def completion_body(
         if grammar:
             body["ebnf"] = grammar
     else:
-        body["logprobs"] = 0
-        body["return_tokens_as_token_ids"] = True
+        body["return_token_ids"] = True
         body["include_stop_str_in_output"] = True
         if grammar:
             body["structured_outputs"] = {"grammar": grammar}
@@ -131,10 +131,12 @@ def parse_sse_line(line: str) -> Chunk | None:
     chunk = Chunk(usage=payload.get("usage"))
     for choice in payload.get("choices") or []:
         chunk.text += choice.get("text") or ""
-        logprobs = choice.get("logprobs") or {}
-        for token in logprobs.get("tokens") or []:
-            if isinstance(token, str) and token.startswith(TOKEN_ID_PREFIX):
-                chunk.token_ids.append(int(token[len(TOKEN_ID_PREFIX) :]))
+        if choice.get("token_ids") is not None:  # vLLM's return_token_ids
+            chunk.token_ids.extend(int(t) for t in choice["token_ids"])
+        else:  # logprobs with return_tokens_as_token_ids: "token_id:123"
+            for token in (choice.get("logprobs") or {}).get("tokens") or []:
+                if isinstance(token, str) and token.startswith(TOKEN_ID_PREFIX):
+                    chunk.token_ids.append(int(token[len(TOKEN_ID_PREFIX) :]))
         if choice.get("finish_reason"):
             chunk.finish = choice["finish_reason"]
             chunk.stop_reason = choice.get("stop_reason")

@@ -39,11 +39,13 @@ def _plain_body(executor: Any, prompt: list[int], max_tokens: int) -> dict[str, 
         "skip_special_tokens": False,
     }
     if executor.server_kind == "vllm":
-        body.update(logprobs=0, return_tokens_as_token_ids=True)
+        body["return_token_ids"] = True
     return body
 
 
 def _token_ids(choice: dict[str, Any]) -> list[int]:
+    if choice.get("token_ids") is not None:
+        return [int(t) for t in choice["token_ids"]]
     tokens = (choice.get("logprobs") or {}).get("tokens") or []
     return [int(t.split(":", 1)[1]) for t in tokens if isinstance(t, str) and t.startswith("token_id:")]
 

@@ -74,7 +74,7 @@ def test_branches_are_requests_on_one_token_identical_prefix():
     for request, title in zip(branch_requests, FRUIT):
         assert request["prompt"] == prefix + server.tokenizer(f"####{title}:")["input_ids"]
         assert "####" in request["stop"] and request["include_stop_str_in_output"] is True
-        assert request["return_tokens_as_token_ids"] is True and request["stream"] is True
+        assert request["return_token_ids"] is True and request["stream"] is True
     # The merge is one completion of prefix + branches in reading order + the close marker.
     merge = server.requests[-1]
     assert server.tokenizer.decode(merge["prompt"]) == "Q\n" + result.text[: result.text.index("%%%%") + 5]
@@ -147,6 +147,8 @@ def test_grammar_constraints_go_to_the_servers_guided_decoding():
 
 
 def test_stream_lines_carry_token_ids_finish_and_usage():
+    chunk = parse_sse_line('data: {"choices": [{"text": "a", "token_ids": [5, 7], "finish_reason": null}]}')
+    assert chunk.token_ids == [5, 7] and chunk.finish is None
     chunk = parse_sse_line('data: {"choices": [{"text": "ab", "logprobs": {"tokens": ["token_id:5", "token_id:7"]},'
                            ' "finish_reason": "stop", "stop_reason": "####"}]}')
     assert chunk.token_ids == [5, 7] and chunk.text == "ab" and chunk.finish == "stop" and chunk.stop_reason == "####"
