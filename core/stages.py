@@ -214,6 +214,7 @@ class DecodeRun:
         self.stats.forward_passes = self.executor_stats.forward_passes
         self.stats.kv_tokens = self.executor_stats.kv_tokens
         self.stats.peak_kv_tokens = self.executor_stats.peak_kv_tokens
+        self.stats.server_usage = self.executor_stats.server_usage
         return DecodeResult(
             text=text,
             branches=branches,

@@ -65,6 +65,11 @@ class DecodeStats:
     """Length of the KV cache at the end of the decode (one copy of the prefix)."""
     peak_kv_tokens: int = 0
     """Longest the KV cache was during the decode (a recompute merge or a rolled-back plan shrinks it)."""
+    server_usage: dict[str, int] | None = None
+    """On a server: its own ``usage`` summed over the answer's requests (``requests``, ``prompt_tokens``,
+    ``completion_tokens``, ``cached_tokens``): what the server computed, including tokens of requests the
+    stages cut short. ``forward_passes`` then counts the decode steps the stages consumed, and the KV fields
+    are 0 (the server's cache is its own)."""
 
     @property
     def tokens_per_forward_pass(self) -> float:
@@ -82,6 +87,7 @@ class DecodeStats:
             "max_live_branches": self.max_live_branches,
             "kv_tokens": self.kv_tokens,
             "peak_kv_tokens": self.peak_kv_tokens,
+            **({"server_usage": dict(self.server_usage)} if self.server_usage is not None else {}),
         }
 
 

@@ -34,6 +34,12 @@ class FakeServer:
         if request.url.path == "/v1/models":
             return httpx.Response(200, json={"object": "list", "data": [
                 {"id": self.model, "object": "model", "max_model_len": self.max_model_len}]})
+        if request.url.path == "/tokenize":
+            body = json.loads(request.content)
+            return httpx.Response(200, json={"tokens": self.tokenizer(body["prompt"])["input_ids"]})
+        if request.url.path == "/detokenize":
+            body = json.loads(request.content)
+            return httpx.Response(200, json={"prompt": self.tokenizer.decode(body["tokens"])})
         if request.url.path == "/get_server_info":
             return httpx.Response(404, json={"detail": "Not Found"})
         if request.url.path != "/v1/completions":

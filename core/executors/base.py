@@ -138,6 +138,8 @@ class ExecutorStats:
     forward_passes: int = 0
     kv_tokens: int = 0
     peak_kv_tokens: int = 0
+    server_usage: dict[str, int] | None = None
+    """A server's own usage counts, summed over the answer's requests (remote executors only)."""
 
 
 class ExecutorSession:

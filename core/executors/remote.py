@@ -38,6 +38,7 @@ import queue
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -158,7 +159,8 @@ def end_reason(finish: str | None, stop_reason: Any, constrained: bool) -> Strea
 class _TokenQueue:
     """Tokens of one request as they arrive, then its end (or the error that ended it)."""
 
-    def __init__(self, tokenizer: Any, constrained: bool) -> None:
+    def __init__(self, tokenizer: Any, constrained: bool, usage_sink: Callable[[dict[str, Any]], None]) -> None:
+        self.usage_sink = usage_sink
         self.tokenizer = tokenizer
         self.constrained = constrained
         self.tokens: deque[int | StreamEnd] = deque()
@@ -185,6 +187,18 @@ class RemoteSession(ExecutorSession):
         self.stats = ExecutorStats()
         self._open: list[Any] = []
         self._async_client: httpx.AsyncClient | None = None
+        self._usage_lock = threading.Lock()
+
+    def _add_usage(self, usage: dict[str, Any]) -> None:
+        """Sum the server's usage over the answer's requests (only those that ran to their end report it)."""
+        with self._usage_lock:  # sync sessions read their streams in worker threads
+            total = self.stats.server_usage or {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                                "cached_tokens": 0}
+            total["requests"] += 1
+            total["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
+            total["completion_tokens"] += int(usage.get("completion_tokens") or 0)
+            total["cached_tokens"] += int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+            self.stats.server_usage = total
 
     # ------------------------------------------------------------------ bodies
 
@@ -243,7 +257,7 @@ class RemoteSession(ExecutorSession):
         raise TypeError(f"unknown command {type(command).__name__}")
 
     def _start(self, body: dict[str, Any], constrained: bool) -> "_SyncStream":
-        stream = _SyncStream(self.executor, body, _TokenQueue(self.executor.tokenizer, constrained))
+        stream = _SyncStream(self.executor, body, _TokenQueue(self.executor.tokenizer, constrained, self._add_usage))
         self._open.append(stream)
         stream.start()
         return stream
@@ -295,7 +309,9 @@ class RemoteSession(ExecutorSession):
     def _astart(self, body: dict[str, Any], constrained: bool) -> "_AsyncStream":
         if self._async_client is None:
             self._async_client = self.executor.async_client()
-        stream = _AsyncStream(self.executor, self._async_client, body, _TokenQueue(self.executor.tokenizer, constrained))
+        stream = _AsyncStream(
+            self.executor, self._async_client, body, _TokenQueue(self.executor.tokenizer, constrained, self._add_usage)
+        )
         self._open.append(stream)
         stream.start()
         return stream
@@ -338,6 +354,8 @@ class _SyncStream:
                         return
                     chunk = parse_sse_line(line)
                     if chunk is not None:
+                        if chunk.usage:  # the last chunk, often read after the stages moved on
+                            self.queue.usage_sink(chunk.usage)
                         self.arrivals.put(chunk)
             self.arrivals.put(None)
         except BaseException as error:  # handed to the stages' thread, raised there
@@ -397,6 +415,8 @@ class _AsyncStream:
                 async for line in response.aiter_lines():
                     chunk = parse_sse_line(line)
                     if chunk is not None:
+                        if chunk.usage:
+                            self.queue.usage_sink(chunk.usage)
                         self.arrivals.put_nowait(chunk)
             self.arrivals.put_nowait(None)
         except asyncio.CancelledError:

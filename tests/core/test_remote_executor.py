@@ -96,6 +96,15 @@ def test_async_decoding_gives_the_same_answer_without_threads():
     assert summary(result) == summary(sync) and new_threads == 0
 
 
+def test_without_local_tokenizer_files_the_servers_tokenize_endpoints_are_used():
+    server = FakeServer(rules(*SCRIPT, leak_guard=FRUIT))
+    executor = RemoteExecutor("http://fake:8000", **server.transports())  # the model's files are not readable here
+    assert type(executor.tokenizer).__name__ == "ServerTokenizer"
+    remote = ParallelBranchDecoder.from_executor(executor).generate(RawPrompt("Q\n"), branches=FRUIT)
+    local = local_decoder(*SCRIPT).generate(RawPrompt("Q\n"), branches=FRUIT)
+    assert summary(remote) == summary(local)
+
+
 def test_reuse_merge_is_refused_with_a_clear_error():
     decoder = remote_decoder(FakeServer(rules(*SCRIPT)))
     with pytest.raises(ValueError, match='merge="reuse" is not available on a server .*http://fake:8000'):
@@ -153,3 +162,11 @@ def test_stream_lines_carry_token_ids_finish_and_usage():
                            ' "finish_reason": "stop", "stop_reason": "####"}]}')
     assert chunk.token_ids == [5, 7] and chunk.text == "ab" and chunk.finish == "stop" and chunk.stop_reason == "####"
     assert parse_sse_line("data: [DONE]") is None and parse_sse_line("") is None
+
+
+def test_stats_carry_the_servers_own_usage():
+    server = FakeServer(rules(*SCRIPT, leak_guard=FRUIT))
+    result = remote_decoder(server).generate(RawPrompt("Q\n"), branches=FRUIT)
+    usage = result.stats.server_usage
+    assert usage["requests"] >= 1 and usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert result.stats.as_dict()["server_usage"] == usage
