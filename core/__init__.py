@@ -12,7 +12,7 @@ live branch per forward pass under a tree attention mask, then merge.
 from .constraints import TokenConstraint
 from .decoder import ParallelBranchDecoder
 from .options import DecodeOptions
-from .prompting import RawPrompt
+from .prompting import RawPrompt, TokenIds
 from .reading_order import ReadingOrder
 from .types import (
     BranchEndEvent,
@@ -39,6 +39,7 @@ __all__ = [
     "StreamEvent",
     "TokenConstraint",
     "TokenEvent",
+    "TokenIds",
 ]
 
 __version__ = "0.1.0"

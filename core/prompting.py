@@ -17,7 +17,22 @@ class RawPrompt:
     text: str
 
 
-Prompt = Union[str, Sequence[Mapping[str, Any]], RawPrompt]
+@dataclass(frozen=True)
+class TokenIds:
+    """A prompt given as token ids, decoded exactly as given (a server's client sends these).
+
+    Text re-encoded from ids can differ from them (a model's own samples need not be the
+    tokenizer's canonical encoding), so a server that must continue exactly what it was sent
+    passes the ids through.
+    """
+
+    ids: tuple[int, ...]
+
+    def __init__(self, ids: Sequence[int]) -> None:
+        object.__setattr__(self, "ids", tuple(int(i) for i in ids))
+
+
+Prompt = Union[str, Sequence[Mapping[str, Any]], RawPrompt, TokenIds]
 
 
 def render_messages(
@@ -72,6 +87,15 @@ def encode(tokenizer, text: str, *, add_special_tokens: bool = False) -> list[in
 
 def prompt_ids(tokenizer, prompt: Prompt) -> list[int]:
     """Token ids of the prompt. Text not rendered by a chat template gets the tokenizer's BOS."""
+    if isinstance(prompt, TokenIds):
+        try:
+            vocab = len(tokenizer)
+        except TypeError:  # a tokenizer behind a server's endpoints: the server checks
+            vocab = None
+        bad = [i for i in prompt.ids if i < 0 or (vocab is not None and i >= vocab)]
+        if bad:
+            raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary (0..{vocab})")
+        return list(prompt.ids)
     text = prompt_text(tokenizer, prompt)
     templated = not isinstance(prompt, RawPrompt) and bool(getattr(tokenizer, "chat_template", None))
     if isinstance(prompt, RawPrompt):

@@ -159,8 +159,10 @@ def end_reason(finish: str | None, stop_reason: Any, constrained: bool) -> Strea
 class _TokenQueue:
     """Tokens of one request as they arrive, then its end (or the error that ended it)."""
 
-    def __init__(self, tokenizer: Any, constrained: bool, usage_sink: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, tokenizer: Any, constrained: bool, usage_sink: Callable[[dict[str, Any]], None],
+                 eos_ids: frozenset[int] = frozenset()) -> None:
         self.usage_sink = usage_sink
+        self.eos_ids = eos_ids
         self.tokenizer = tokenizer
         self.constrained = constrained
         self.tokens: deque[int | StreamEnd] = deque()
@@ -171,6 +173,9 @@ class _TokenQueue:
         ids = chunk.token_ids
         if not ids and chunk.text:  # a server without token ids in the stream: re-encode its text
             ids = list(self.tokenizer(chunk.text, add_special_tokens=False)["input_ids"])
+        if chunk.finish == "stop" and chunk.stop_reason is None and ids and not chunk.text:
+            if ids[-1] not in self.eos_ids:  # an end-of-sequence token the tokenizer did not name
+                ids = ids[:-1]  # (the end appended below says "eos")
         self.tokens.extend(ids)
         if chunk.usage:
             self.usage = chunk.usage
@@ -257,7 +262,7 @@ class RemoteSession(ExecutorSession):
         raise TypeError(f"unknown command {type(command).__name__}")
 
     def _start(self, body: dict[str, Any], constrained: bool) -> "_SyncStream":
-        stream = _SyncStream(self.executor, body, _TokenQueue(self.executor.tokenizer, constrained, self._add_usage))
+        stream = _SyncStream(self.executor, body, _TokenQueue(self.executor.tokenizer, constrained, self._add_usage, self.executor.eos_token_ids))
         self._open.append(stream)
         stream.start()
         return stream
@@ -310,7 +315,7 @@ class RemoteSession(ExecutorSession):
         if self._async_client is None:
             self._async_client = self.executor.async_client()
         stream = _AsyncStream(
-            self.executor, self._async_client, body, _TokenQueue(self.executor.tokenizer, constrained, self._add_usage)
+            self.executor, self._async_client, body, _TokenQueue(self.executor.tokenizer, constrained, self._add_usage, self.executor.eos_token_ids)
         )
         self._open.append(stream)
         stream.start()
