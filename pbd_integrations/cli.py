@@ -403,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--command", default=None, help=argparse.SUPPRESS)
     bench.set_defaults(func=cmd_bench)
 
+    from pbd_integrations.server.__main__ import add_arguments as serve_arguments, run as run_serve
+
+    serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server on the local engine (the serve extra)")
+    serve_arguments(serve)
+    serve.set_defaults(func=run_serve)
+
     models = sub.add_parser("models", help="what can be loaded offline, and whether it is installed")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
