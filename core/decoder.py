@@ -184,6 +184,7 @@ class ParallelBranchDecoder:
         check = getattr(self.executor, "check_options", None)
         if check is not None:
             check(decode_options)
+        _check_constraint_budget(decode_options)
         session = self.executor.session(decode_options)
         run = DecodeRun(
             tokenizer=self.tokenizer,
@@ -228,6 +229,23 @@ class ParallelBranchDecoder:
 
 
 # --------------------------------------------------------------------------- model checks
+
+
+def _check_constraint_budget(options: DecodeOptions) -> None:
+    """A grammar that needs more tokens than the budget allows can only end invalid: refuse it now."""
+    if options.constraint is None:
+        return
+    needed = getattr(options.constraint(), "min_tokens_to_finish", None)
+    if needed is None:
+        return
+    minimum = int(needed())
+    budget = min(options.max_new_tokens, options.max_branch_tokens) if options.branches else options.max_new_tokens
+    if minimum > budget:
+        name = "max_branch_tokens" if options.branches and options.max_branch_tokens < options.max_new_tokens else "max_new_tokens"
+        raise ValueError(
+            f"{name}={budget} is smaller than the {minimum} tokens the constrained output needs at least "
+            "(the shortest valid JSON or tool call): raise it"
+        )
 
 
 def _check_forward_signature(model) -> None:
