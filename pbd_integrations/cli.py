@@ -54,7 +54,7 @@ def _spinner(desc: str, enabled: bool) -> Iterator[None]:
         bar.close()
 
 
-def _load(model: str, dtype: str, show: bool, server: str | None = None):
+def _load(model: str, dtype: str, show: bool, server: str | None = None, backend: str = "torch"):
     from pbd_core import ParallelBranchDecoder
 
     with _spinner(f"connecting to {server}" if server else f"loading {model}", show):
@@ -62,7 +62,7 @@ def _load(model: str, dtype: str, show: bool, server: str | None = None):
         if server:
             decoder = ParallelBranchDecoder.from_server(server, model=None if model == "default" else model)
         else:
-            decoder = ParallelBranchDecoder.from_pretrained(model, dtype=dtype)
+            decoder = ParallelBranchDecoder.from_pretrained(model, dtype=dtype, backend=backend)
     if show:
         print(f"loaded {decoder!r} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return decoder
@@ -174,7 +174,7 @@ def cmd_run(args) -> int:
     from pbd_core import BranchEndEvent, BranchStartEvent, FinalEvent, TokenEvent
 
     decoder = _load(args.model, args.dtype, _progress_enabled(args) or not args.json and sys.stderr.isatty(),
-                    args.server)
+                    args.server, args.backend)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
         [{"role": "user", "content": args.question}]
     options = _options(args)
@@ -304,6 +304,10 @@ def cmd_bench(args) -> int:
     tasks = _task_list(args)
     if args.server:
         return _bench_server(args, tasks, show)
+    if args.backend != "torch":
+        print("pbd bench measures the torch executor (step cost, batched expansion); for llama.cpp run "
+              "python benchmarks/llama_cpp_step_cost.py", file=sys.stderr)
+        return 2
     decoder = _load(args.model, args.dtype, show)
     if args.threads:
         import torch
@@ -361,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default="default",
                        help="'default' (SmolLM2-135M), 'qwen2.5-coder-0.5b', a transformers folder or a .gguf path")
         p.add_argument("--dtype", default="auto", help="auto (bf16 where the CPU supports it), bfloat16, float32")
+        p.add_argument("--backend", default="torch", choices=["torch", "llama.cpp"],
+                       help="torch (transformers) or llama.cpp (the model's GGUF on quantized CPU kernels)")
         p.add_argument("--server", default=None, metavar="URL",
                        help="decode on a vLLM/SGLang server (e.g. http://127.0.0.1:8000/v1); --model names the "
                             "served model ('default': the server's only one)")

@@ -24,6 +24,7 @@ def get_decoder(
     *,
     dtype: Any = "auto",
     device: Any = "auto",
+    backend: str = "torch",
 ) -> "ParallelBranchDecoder":
     """Return the shared decoder for ``model``, loading it on the first call.
 
@@ -33,10 +34,11 @@ def get_decoder(
             `ParallelBranchDecoder` (returned as is).
         dtype: Passed to `ParallelBranchDecoder.from_pretrained` (``"auto"`` picks bf16 where the CPU supports it).
         device: Passed to `ParallelBranchDecoder.from_pretrained`.
+        backend: ``"torch"`` (transformers, in process) or ``"llama.cpp"`` (the model's GGUF on llama.cpp).
     """
     if not isinstance(model, str):
         return model
-    key = (model, str(dtype), str(device))
+    key = (model, str(dtype), str(device)) if backend == "torch" else (model, backend, "cpu")
     decoder = _decoders.get(key)
     if decoder is not None:
         return decoder
@@ -45,7 +47,7 @@ def get_decoder(
         if decoder is None:
             from pbd_core import ParallelBranchDecoder
 
-            decoder = ParallelBranchDecoder.from_pretrained(model, dtype=dtype, device=device)
+            decoder = ParallelBranchDecoder.from_pretrained(model, dtype=dtype, device=device, backend=backend)
             _decoders[key] = decoder
     return decoder
 

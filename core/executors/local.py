@@ -292,7 +292,7 @@ class LocalSession(ExecutorSession):
         positions += list(range(self.trunk_position, self.trunk_position + len(command.close_ids)))
         self.trunk_position += len(command.close_ids)
         self.last_logits = self._append(ids, branch_ids, positions, ctx_end, None)
-        self.exact = block.block_slot
+        self.exact = min(self.exact, block.block_slot)  # an earlier reuse merge may end the plain part sooner
         self.ids = list(command.context)
         block.merged = True
 
