@@ -234,6 +234,8 @@ class ToolCallSplitter:
         self._buffer = ""  # text not yet returned
         self._holding = False  # a possible call started: keep everything until finish
         self._shown_text = False  # some non-space content was already returned
+        self.held = ""
+        """What `finish` had to parse (the text not returned by `feed`)."""
 
     def feed(self, chunk: str) -> str:
         """Add model text; return the part that can be shown as content now."""
@@ -261,8 +263,13 @@ class ToolCallSplitter:
         return self._show(shown)
 
     def finish(self) -> tuple[str, list[ParsedToolCall]]:
-        """Parse what was held back: ``(remaining content, calls)``."""
+        """Parse what was held back: ``(remaining content, calls)``.
+
+        Raises:
+            ToolCallParseError: a call cannot be read; `held` then still has the text.
+        """
         text, self._buffer = self._buffer, ""
+        self.held = text
         if not self._holding:
             return text, []
         pieces: list[str] = []

@@ -185,9 +185,9 @@ def _punctuation_exemption(tokenizer: Any) -> Callable[[int], bool]:
 
 
 def _map_finish_reason(reason: str, has_tool_calls: bool) -> str:
-    if has_tool_calls:
-        return "tool_calls"
-    return "length" if reason == "length" else "stop"
+    if reason == "length":  # cut by the budget (a grammar still completes its JSON): say so, calls or not
+        return "length"
+    return "tool_calls" if has_tool_calls else "stop"
 
 
 # --------------------------------------------------------------------------- results
@@ -248,8 +248,10 @@ class _ChunkBuilder:
             try:
                 content, calls = self._splitter.finish()
             except ToolCallParseError as e:
-                msg = f"the model wrote a tool call that cannot be parsed: {e}"
-                raise OutputParserException(msg, llm_output=result.text) from e
+                if result.finish_reason != "length":
+                    msg = f"the model wrote a tool call that cannot be parsed: {e}"
+                    raise OutputParserException(msg, llm_output=result.text) from e
+                content = self._splitter.held  # cut off by the budget: the text, finish_reason "length"
         stats = result.stats
         usage = UsageMetadata(
             input_tokens=stats.prompt_tokens,
@@ -418,6 +420,8 @@ class ChatParallelBranch(BaseChatModel):
     dtype: str = "auto"
     """Weight dtype for loading (``"auto"``: bf16 where the CPU supports it)."""
     device: str = "auto"
+    backend: Literal["torch", "llama.cpp"] = "torch"
+    """``"llama.cpp"`` decodes the model's GGUF on llama.cpp's quantized CPU kernels (the ``llamacpp`` extra)."""
     base_url: str | None = None
     """A vLLM or SGLang server (OpenAI-compatible, e.g. ``http://127.0.0.1:8000/v1``) to decode on instead
     of loading weights here; ``model`` then names the served model (``"default"``: the server's only one)."""
@@ -463,7 +467,7 @@ class ChatParallelBranch(BaseChatModel):
                 key = self.api_key.get_secret_value() if self.api_key else None
                 self._decoder = get_remote_decoder(self.base_url, model=model, api_key=key, timeout=self.timeout)
             else:
-                self._decoder = get_decoder(self.model, dtype=self.dtype, device=self.device)
+                self._decoder = get_decoder(self.model, dtype=self.dtype, device=self.device, backend=self.backend)
         return self._decoder
 
     @property
@@ -545,10 +549,10 @@ class ChatParallelBranch(BaseChatModel):
             # With tools and a response format (an agent's structured answer), the model
             # either calls a tool or answers with JSON for the schema.
             response_schema = (schema or {"type": "object"}) if wants_json else None
-            spec = json.dumps({"tools": tools, "response_schema": response_schema}, sort_keys=True)
+            spec = json.dumps({"tools": tools, "response_schema": response_schema})
             options["constraint"] = _cached_constraint(decoder.tokenizer, "tools", spec, choice)
         elif wants_json:
-            spec = json.dumps(schema or {"type": "object"}, sort_keys=True)
+            spec = json.dumps(schema or {"type": "object"})
             options["constraint"] = _cached_constraint(decoder.tokenizer, "json", spec, "")
         penalized = with_repetition_penalty(
             self.repetition_penalty, options.get("constraint"), exempt=_punctuation_exemption(decoder.tokenizer)

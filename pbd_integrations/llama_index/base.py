@@ -78,6 +78,10 @@ class ParallelBranchLLM(FunctionCallingLLM):
     )
     dtype: str = Field(default="auto", description='Weight dtype ("auto" picks bf16 where the CPU supports it).')
     device: str = Field(default="auto", description='Torch device ("auto": CUDA when present, else CPU).')
+    backend: Literal["torch", "llama.cpp"] = Field(
+        default="torch",
+        description='"llama.cpp" decodes the model\'s GGUF on llama.cpp\'s quantized CPU kernels (the llamacpp extra).',
+    )
     base_url: str | None = Field(
         default=None,
         description=(
@@ -146,7 +150,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
                 model = None if self.model == "default" else self.model
                 self._decoder = get_remote_decoder(self.base_url, model=model, api_key=self.api_key, timeout=self.timeout)
             else:
-                self._decoder = get_decoder(self.model, dtype=self.dtype, device=self.device)
+                self._decoder = get_decoder(self.model, dtype=self.dtype, device=self.device, backend=self.backend)
         return self._decoder
 
     @property

@@ -126,8 +126,9 @@ class ResponseStream:
     text goes through `ToolCallSplitter`: a tool call is never shown as
     content, and the final chunk carries the calls as `ToolCallBlock`s. A
     call whose JSON cannot be read stays in the content as the model wrote it
-    (with a warning), so an agent sees the text instead of crashing. Only the
-    final chunk has ``raw`` (usage and stats).
+    (with a warning, unless the budget cut it: ``raw["finish_reason"]`` is then
+    ``"length"``), so an agent sees the text instead of crashing. Only the
+    final chunk has ``raw`` (usage, finish reason and stats).
     """
 
     model_name: str
@@ -157,7 +158,8 @@ class ResponseStream:
                 tail, calls = self._splitter.finish()
                 text += tail
             except ToolCallParseError as e:
-                warnings.warn(f"the model wrote a tool call that cannot be read; kept as text: {e}", stacklevel=2)
+                if result.finish_reason != "length":  # a cut answer is reported by raw["finish_reason"]
+                    warnings.warn(f"the model wrote a tool call that cannot be read; kept as text: {e}", stacklevel=2)
                 text = self._text[len(self._content) :]  # shown content is a prefix of the text
         self._content += text
         return ChatResponse(
@@ -192,6 +194,8 @@ def tool_selections(response: ChatResponse, error_on_no_tool_call: bool = True) 
     if not blocks and error_on_no_tool_call:
         content = response.message.content or ""
         msg = f"expected at least one tool call, but the model answered with text: {content[:200]!r}"
+        if (response.raw or {}).get("finish_reason") == "length":
+            msg += " (the answer was cut by the token budget: raise max_tokens)"
         raise ValueError(msg)
     return [
         ToolSelection(
