@@ -235,7 +235,8 @@ class ParallelBranchDecoder:
         check = getattr(self.executor, "check_options", None)
         if check is not None:
             check(decode_options)
-        _check_constraint_budget(decode_options)
+        if isinstance(self.executor, LocalExecutor):  # a server enforces its own grammar
+            _check_constraint_budget(decode_options)
         session = self.executor.session(decode_options)
         run = DecodeRun(
             tokenizer=self.tokenizer,

@@ -47,7 +47,8 @@ def get_decoder(
         if decoder is None:
             from pbd_core import ParallelBranchDecoder
 
-            decoder = ParallelBranchDecoder.from_pretrained(model, dtype=dtype, device=device, backend=backend)
+            extra = {} if backend == "torch" else {"backend": backend}
+            decoder = ParallelBranchDecoder.from_pretrained(model, dtype=dtype, device=device, **extra)
             _decoders[key] = decoder
     return decoder
 
