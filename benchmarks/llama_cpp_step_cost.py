@@ -26,108 +26,23 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 import llama_cpp
 
 from pbd_core.executors.llama_cpp import load_llama_cpp, resolve_gguf
-from pbd_core.masks import TRUNK
-
-QUESTION = (
-    "Compare rivers, mountains, deserts, forests, oceans, volcanoes, glaciers and islands: for each one, "
-    "describe its climate, its wildlife, how people live there and what threatens it today. "
-)
+from pbd_integrations.bench.llama_cpp import PREFIX_TEXT as QUESTION
+from pbd_integrations.bench.llama_cpp import cpu_flags as flags_of_interest
+from pbd_integrations.bench.llama_cpp import llama_cpp_step_cost, plain_llama_cpp
+from pbd_integrations.bench.suite import _cpu_model
 
 
 def cpu_flags() -> dict:
-    info = {"machine": platform.machine(), "model": None, "flags": []}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and info["model"] is None:
-            info["model"] = value.strip()
-        if key.strip() == "flags":
-            flags = set(value.split())
-            base = {"avx", "avx2", "fma", "f16c"}
-            info["flags"] = [f for f in sorted(flags) if f.startswith(("avx512", "amx")) or f in base]
-            break
-    return info
-
-
-def measure_step(model, prefix: list[int], k: int, repeats: int, warmup: int) -> dict:
-    """Median seconds of one decode with k tokens in k sequences sharing ``prefix``."""
-    tree = model.new_tree()
-    tree.append(prefix, [TRUNK] * len(prefix), list(range(len(prefix))), None, None)
-    block = len(prefix)
-    seeds = [model.tokenize(f"####Part {i + 1}:") for i in range(k)]
-    ids, branch, position = [], [], []
-    for b, seed in enumerate(seeds):
-        ids += seed
-        branch += [b] * len(seed)
-        position += list(range(block, block + len(seed)))
-    tree.append(ids, branch, position, block, None)
-    step_ids = [model.tokenize(" The")[0]] * k
-    step_pos = [block + len(seed) for seed in seeds]
-    seqs = [tree._branches[b].seq for b in range(k)]
-    length = len(tree)
-    raw, wrapped = [], []
-    for i in range(warmup + repeats):
-        # The raw call: what llama.cpp itself costs.
-        t0 = time.perf_counter()
-        model._decode(step_ids, step_pos, seqs, list(range(k)))
-        t1 = time.perf_counter()
-        for b, seq in enumerate(seqs):
-            model._seq_rm(seq, step_pos[b], -1)
-        # Through the tree (bookkeeping + logits copy): what the engine pays.
-        t2 = time.perf_counter()
-        tree.append(step_ids, list(range(k)), step_pos, block, list(range(k)))
-        t3 = time.perf_counter()
-        tree.crop(length)
-        if i >= warmup:
-            raw.append(t1 - t0)
-            wrapped.append(t3 - t2)
-    return {"k": k, "raw_s": statistics.median(raw), "tree_s": statistics.median(wrapped)}
-
-
-def plain_decode(model, prompt: list[int], n: int) -> dict:
-    """Greedy decoding in a fresh single-sequence context: tokens per second over ``n`` steps."""
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx = 2048
-    params.n_batch = 2048
-    params.n_threads = params.n_threads_batch = model.n_threads
-    ctx = llama_cpp.llama_init_from_model(model._model, params)
-    batch = llama_cpp.llama_batch_init(2048, 0, 1)
-    try:
-
-        def decode(ids, start):
-            batch.n_tokens = len(ids)
-            for i, token in enumerate(ids):
-                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, start + i, 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = i == len(ids) - 1
-            assert llama_cpp.llama_decode(ctx, batch) == 0
-            return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(model.n_vocab,))
-
-        logits = decode(prompt, 0)
-        t0 = time.perf_counter()
-        token = int(logits.argmax())
-        for step in range(n):
-            logits = decode([token], len(prompt) + step)
-            token = int(logits.argmax())
-        seconds = time.perf_counter() - t0
-    finally:
-        llama_cpp.llama_batch_free(batch)
-        llama_cpp.llama_free(ctx)
-    return {"tokens": n, "seconds": seconds, "tok_per_s": n / seconds}
+    return {"machine": platform.machine(), "model": _cpu_model(), "flags": flags_of_interest()}
 
 
 def high_level_decode(path: Path, prompt: list[int], n: int, threads: int) -> dict:
@@ -164,31 +79,27 @@ def main(argv: list[str] | None = None) -> dict:
     path, name = resolve_gguf(args.model)
     model = load_llama_cpp(path, n_threads=args.threads, n_ctx=4096, n_seq_max=max(32, max(args.ks) + 2),
                            model_name=name, exact_kernels=args.exact_kernels)
-    prefix = (model.tokenize(QUESTION) * (args.prefix // 8 + 1))[: args.prefix]
     cpu = cpu_flags()
     print(f"command: python {' '.join(sys.argv)}")
     print(f"cpu: {cpu['model']} ({cpu['machine']}); flags: {' '.join(cpu['flags']) or '-'}")
     print(f"llama-cpp-python {llama_cpp.__version__}; model {name} ({path.name}); threads {model.n_threads}; "
-          f"prefix {len(prefix)} tokens; median of {args.repeats} repeats after {args.warmup} warm-up"
+          f"prefix {args.prefix} tokens; median of {args.repeats} repeats after {args.warmup} warm-up"
           + ("; exact kernels" if args.exact_kernels else ""))
     print(f"load average before: {os.getloadavg()[0]:.2f} (other processes share these cores)")
 
-    steps = [measure_step(model, prefix, k, args.repeats, args.warmup) for k in args.ks]
-    cost1 = next((s for s in steps if s["k"] == 1), steps[0])
+    steps = llama_cpp_step_cost(model, args.ks, prefix_tokens=args.prefix, repeats=args.repeats,
+                                warmup=args.warmup)["rows"]
     print("\n  k | llama_decode ms | ceiling k*c(1)/c(k) | branch tok/s | via LlamaCppTree ms | tree tok/s")
     for s in steps:
-        s["ceiling"] = s["k"] * cost1["raw_s"] / s["raw_s"] if cost1["k"] == 1 else None
-        s["tok_per_s"] = s["k"] / s["raw_s"]
-        s["tree_tok_per_s"] = s["k"] / s["tree_s"]
         ceiling = f"{s['ceiling']:.2f}x" if s["ceiling"] is not None else "-"
-        print(f"{s['k']:>3} | {s['raw_s'] * 1e3:>15.2f} | {ceiling:>19} | {s['tok_per_s']:>12.1f} | "
-              f"{s['tree_s'] * 1e3:>19.2f} | {s['tree_tok_per_s']:>10.1f}")
+        print(f"{s['k']:>3} | {s['median_ms']:>15.2f} | {ceiling:>19} | {s['tok_per_s']:>12.1f} | "
+              f"{s['tree_ms']:>19.2f} | {s['k'] * 1e3 / s['tree_ms']:>10.1f}")
 
     chat = model.tokenizer.apply_chat_template(
         [{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True
     )
     prompt = model.tokenize(chat)
-    plain = plain_decode(model, prompt, args.plain_tokens)
+    plain = plain_llama_cpp(model, prompt, args.plain_tokens)
     print(f"\nplain decoding (low-level, one sequence, greedy, {plain['tokens']} tokens): "
           f"{plain['tok_per_s']:.1f} tok/s")
     high = None
@@ -203,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": name,
         "gguf": path.name,
         "threads": model.n_threads,
-        "prefix_tokens": len(prefix),
+        "prefix_tokens": args.prefix,
         "exact_kernels": args.exact_kernels,
         "load_average_after": os.getloadavg()[0],
         "steps": steps,

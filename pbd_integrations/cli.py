@@ -294,6 +294,36 @@ def _bench_server(args, tasks, show: bool) -> int:
     return 0
 
 
+def _bench_llama_cpp(args, tasks, show: bool) -> int:
+    """`pbd bench --backend llama.cpp`: PBD on llama.cpp against llama.cpp itself (see bench.llama_cpp)."""
+    from tqdm import tqdm
+
+    from pbd_integrations.bench import llama_cpp, suite
+
+    decoder = _load(args.model, args.dtype, show, backend="llama.cpp")
+    torch_decoder = None if args.no_torch else _load(args.model, args.dtype, show)
+    ks = [1, 2, 4, 8, 16]
+    total = 2 + len(ks) * (1 if torch_decoder is None else 2) + len(tasks)
+    bar = tqdm(total=total, desc="bench (llama.cpp)", file=sys.stderr, disable=not show)
+
+    def progress(what: str) -> None:
+        bar.set_postfix_str(what, refresh=False)
+        bar.update(1)
+
+    command = args.command or "pbd " + " ".join(shlex.quote(a) for a in args.argv)
+    doc = llama_cpp.run_llama_cpp_bench(decoder, tasks, ks=ks, torch_decoder=torch_decoder,
+                                        torch_threads=args.threads, command=command, progress=progress)
+    bar.close()
+    path = suite.save(doc, Path(args.out) / (_slug(args.model, decoder) + f"-llama.cpp{'-' + args.tag if args.tag else ''}")
+                      / "results.json")
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    else:
+        print(llama_cpp.format_report(doc))
+        print(f"saved {path}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from tqdm import tqdm
 
@@ -304,10 +334,8 @@ def cmd_bench(args) -> int:
     tasks = _task_list(args)
     if args.server:
         return _bench_server(args, tasks, show)
-    if args.backend != "torch":
-        print("pbd bench measures the torch executor (step cost, batched expansion); for llama.cpp run "
-              "python benchmarks/llama_cpp_step_cost.py", file=sys.stderr)
-        return 2
+    if args.backend == "llama.cpp":
+        return _bench_llama_cpp(args, tasks, show)
     decoder = _load(args.model, args.dtype, show)
     if args.threads:
         import torch
@@ -406,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--overhead-tokens", type=int, default=48, help="tokens per overhead prompt")
     bench.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     bench.add_argument("--no-plots", action="store_true")
+    bench.add_argument("--no-torch", action="store_true",
+                       help="with --backend llama.cpp: skip the torch executor's branch stage (same question)")
     bench.add_argument("--command", default=None, help=argparse.SUPPRESS)
     bench.set_defaults(func=cmd_bench)
 
