@@ -13,6 +13,7 @@ import torch
 from . import attention, loading
 from .driver import adrive, drive
 from .executors.base import Executor
+from .executors.forest import ForestScheduler
 from .executors.local import LocalExecutor
 from .executors.tree_mask import TorchTree
 from .options import DecodeOptions
@@ -29,14 +30,19 @@ class ParallelBranchDecoder:
 
     Wraps any transformers causal LM whose forward accepts a 4D attention mask
     and ``position_ids`` (Llama/SmolLM, Qwen2/2.5/3, Gemma 2/3, Mistral,
-    Phi-3, ...). Each call builds its own cache, so one decoder can serve
-    several threads.
+    Phi-3, ...). Concurrent calls (threads, or tasks of an event loop) are
+    batched: one forward pass carries the next token of every live stream of
+    every answer (`pbd_core.executors.forest`).
 
     Args:
         model: a transformers causal LM.
         tokenizer: its tokenizer.
         device: move the model there (default: leave it where it is).
         dtype: cast the model to this dtype (default: leave it).
+        batching: batch concurrent answers (default); ``False`` gives each answer its own cache
+            and leaves serialising concurrent calls to the caller.
+        max_streams, max_kv_tokens, admission_timeout: admission limits of the batch (see
+            `pbd_core.executors.forest.ForestScheduler`; defaults sized for the machine).
     """
 
     def __init__(
@@ -48,6 +54,10 @@ class ParallelBranchDecoder:
         dtype: str | torch.dtype | None = None,
         name: str | None = None,
         source: str | None = None,
+        batching: bool = True,
+        max_streams: int | None = None,
+        max_kv_tokens: int | None = None,
+        admission_timeout: float = 600.0,
     ) -> None:
         _check_forward_signature(model)
         if device is not None:
@@ -72,9 +82,19 @@ class ParallelBranchDecoder:
         self.eos_token_ids = _eos_token_ids(self.model, tokenizer)
         self.model_name = name or str(getattr(config, "_name_or_path", "") or type(self.model).__name__)
         self.source = source or self.model_name
-        self.executor: Executor = LocalExecutor(
-            self._new_tree,
-            tokenizer=tokenizer,
+        self.scheduler: ForestScheduler | None = None
+        if batching:
+            self.scheduler = ForestScheduler(
+                self.model, self.device, self.mask_dtype, self.layer_windows, context_window=self.context_window,
+                max_streams=max_streams, max_kv_tokens=max_kv_tokens, admission_timeout=admission_timeout,
+            )
+        self.executor: Executor = self._local_executor(self.scheduler.new_tree if batching else self._new_tree)
+        self.executor.concurrent = batching
+
+    def _local_executor(self, new_tree) -> LocalExecutor:
+        return LocalExecutor(
+            new_tree,
+            tokenizer=self.tokenizer,
             eos_token_ids=self.eos_token_ids,
             context_window=self.context_window,
             model_name=self.model_name,
@@ -171,6 +191,7 @@ class ParallelBranchDecoder:
         dtype: str | torch.dtype = "auto",
         device: str | torch.device = "auto",
         backend: str = "torch",
+        **decoder_options: Any,
     ) -> "ParallelBranchDecoder":
         """Load a model that works offline.
 
@@ -191,7 +212,7 @@ class ParallelBranchDecoder:
         resolved_device = loading.resolve_device(device)
         resolved_dtype = loading.resolve_dtype(dtype, resolved_device)
         model, tokenizer, name = loading.load(source, resolved_dtype, resolved_device)
-        return cls(model, tokenizer, name=name, source=str(source))
+        return cls(model, tokenizer, name=name, source=str(source), **decoder_options)
 
     # ------------------------------------------------------------------ decoding
 
@@ -255,7 +276,9 @@ class ParallelBranchDecoder:
         row ``q`` says which slots the token in slot ``q`` attended to (full-attention
         layers). Used to draw the method from a real run.
         """
-        run, session = self._prepare(prompt, options)
+        run, _ = self._prepare(prompt, options)
+        session = self._local_executor(self._new_tree).session(run.options)  # its own cache, to read it back
+        run.executor_stats = session.stats
         for _ in drive(run.events(), session):
             pass
         tree = session.tree

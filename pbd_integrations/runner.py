@@ -1,11 +1,14 @@
 """Run the engine for an adapter, sync or async.
 
-An in-process `ParallelBranchDecoder` owns one model, so decodes on the same
-decoder are serialised with a lock. Its async version runs the decode in a
+An in-process torch `ParallelBranchDecoder` batches concurrent answers itself
+(`pbd_core.executors.forest`): concurrent calls simply run, each in its own
+thread, and meet in the decoder's forward passes. An in-process executor that
+serves one answer at a time (llama.cpp, or ``batching=False``) is serialised
+with a lock per decoder. The async version of a local decode runs it in a
 worker thread and hands events to the event loop through an `asyncio.Queue`,
 so a coroutine awaiting tokens never blocks the loop. Leaving the async
 iteration early (``break``, cancellation) tells the worker to stop after its
-current forward pass.
+current forward pass, which frees the answer's place in the batch.
 
 A decoder on a server (``ParallelBranchDecoder.from_server``) takes neither
 the lock nor a thread: the server batches concurrent callers itself, and the
@@ -36,12 +39,18 @@ def decoder_lock(decoder: Any) -> threading.Lock:
 
 def is_remote(decoder: Any) -> bool:
     """True for a decoder whose executor is a server (it serves concurrent callers itself)."""
+    executor = getattr(decoder, "executor", None)
+    return bool(getattr(executor, "concurrent", False)) and hasattr(executor, "base_url")
+
+
+def is_concurrent(decoder: Any) -> bool:
+    """True when concurrent decodes need no lock (a server, or a batching local decoder)."""
     return bool(getattr(getattr(decoder, "executor", None), "concurrent", False))
 
 
 def iterate_events(decoder: Any, prompt: Any, options: dict[str, Any]) -> Iterator[Any]:
     """``decoder.stream(prompt, **options)``, holding the decoder's lock when it runs in process."""
-    if is_remote(decoder):
+    if is_concurrent(decoder):
         stream = decoder.stream(prompt, **options)
         try:
             yield from stream

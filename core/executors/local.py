@@ -20,6 +20,8 @@ asked for: the token that ends a stream (a stop string, a marker) never is.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import inspect
 from collections.abc import Callable
@@ -90,7 +92,11 @@ class LocalSession(ExecutorSession):
     def __init__(self, executor: "LocalExecutor", options: Any) -> None:
         self.executor = executor
         self.tree: TokenTree = executor.new_tree()
+        expect = getattr(self.tree, "expect", None)
+        if expect is not None:  # a batched tree sizes the answer's KV reservation from its budget
+            expect(max_new_tokens=options.max_new_tokens)
         self.stats = ExecutorStats()
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
         generator = None
         if options.seed is not None and options.temperature > 0:
             generator = torch.Generator(device=executor.device).manual_seed(options.seed)
@@ -155,6 +161,28 @@ class LocalSession(ExecutorSession):
 
     # ------------------------------------------------------------------ commands
 
+    async def arun(self, command: Command) -> Any:
+        """From an event loop: the command runs on this answer's own thread, so a forward pass (or the
+        wait for the batch's next step) never blocks the loop and concurrent answers can batch."""
+        if self._worker is None:
+            self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pbd-answer")
+        return await asyncio.get_running_loop().run_in_executor(self._worker, self.run, command)
+
+    def close(self) -> None:
+        release = getattr(self.tree, "release", None)
+        if release is not None:
+            release()
+        if self._worker is not None:
+            self._worker.shutdown(wait=False)
+            self._worker = None
+
+    async def aclose(self) -> None:
+        if self._worker is not None:
+            # Let a command still running on the answer's thread end before freeing its slots.
+            worker, self._worker = self._worker, None
+            await asyncio.get_running_loop().run_in_executor(None, worker.shutdown, True)
+        self.close()
+
     def run(self, command: Command) -> Any:
         if isinstance(command, NextToken):
             return self._next_token(command)
@@ -178,7 +206,7 @@ class LocalSession(ExecutorSession):
     def _next_token(self, command: NextToken) -> int | StreamEnd:
         stream: _Stream = command.stream
         if stream.finished:
-            return StreamEnd("stop")
+            return StreamEnd(_finish_reason(stream.constraint))
         if stream.pending is not None:
             self._feed_trunk([stream.pending])
             stream.pending = None
@@ -245,7 +273,7 @@ class LocalSession(ExecutorSession):
         for k, i in enumerate(command.live):
             b = block.branches[i]
             if b.finished:
-                replies[k] = StreamEnd("stop")
+                replies[k] = StreamEnd(_finish_reason(b.constraint))
             elif b.count >= block.max_tokens:
                 replies[k] = StreamEnd("length")
             else:
@@ -333,6 +361,11 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def _finish_reason(constraint: Any) -> str:
+    """How a stream whose constraint is complete ends: ``length`` if the budget forced the completion."""
+    return "length" if getattr(constraint, "cut_by_budget", False) else "stop"
 
 
 def _mask(constraint: Any, logits: torch.Tensor, budget: int) -> torch.Tensor:
