@@ -1,9 +1,10 @@
 """`create_app(decoder)`: the HTTP side of `pbd serve` (FastAPI; SSE for streams).
 
 The app only translates (`protocol`) and runs: every decode goes through
-`pbd_integrations.runner.aiterate_events`, which today serialises decodes on the
-in-process decoder with a lock and runs each off the event loop. When the engine
-batches concurrent requests itself, that lock goes and nothing here changes.
+`pbd_integrations.runner.aiterate_events`, which runs it off the event loop. The
+engine batches concurrent requests itself (`pbd_core.executors.forest`): every
+forward pass carries the next token of every live stream of every request, and
+``/health`` reports the batch (answers decoding, waiting, streams, cache slots).
 
 Lifecycle of a request:
 
@@ -141,7 +142,8 @@ def create_app(decoder: Any, *, model_name: str | None = None) -> FastAPI:
     ``GET /health``, and vLLM's ``POST /tokenize`` and ``POST /detokenize``.
 
     Args:
-        decoder: the engine; its decodes are serialised by `pbd_integrations.runner`.
+        decoder: the engine; concurrent requests are batched by it (or serialised by
+            `pbd_integrations.runner` when it serves one answer at a time, as llama.cpp does).
         model_name: the id clients use (default: the decoder's model name; ``"default"``
             and the decoder's source name are accepted too).
     """
@@ -244,7 +246,11 @@ def create_app(decoder: Any, *, model_name: str | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": served.name, "active_decodes": decodes.active, "served": decodes.served}
+        report = {"status": "ok", "model": served.name, "active_decodes": decodes.active, "served": decodes.served}
+        scheduler = getattr(decoder, "scheduler", None)
+        if scheduler is not None:
+            report["batch"] = scheduler.stats()
+        return report
 
     @app.post("/tokenize")
     async def tokenize(body: protocol.TokenizeRequest) -> dict[str, Any]:

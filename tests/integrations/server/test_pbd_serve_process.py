@@ -42,6 +42,7 @@ WEATHER_TOOL = {
 }
 START_TIMEOUT = 600  # seconds: imports and the model load on a busy shared CPU
 BANNER: list[str] = []  # what the process printed on stdout
+PROCESS: dict[str, int] = {}  # the server's pid
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,7 @@ def server(tmp_path_factory) -> str:
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         url = _wait_for_url(process, out, err)
+        PROCESS["pid"] = process.pid
         yield url
     finally:
         process.terminate()
@@ -195,8 +197,8 @@ def test_bad_requests_get_openai_errors_naming_the_field(client) -> None:
         client.chat.completions.create(model=MODEL, messages=ask("x"), temperature=-1)
     assert bad.value.status_code == 400 and bad.value.body["param"] == "temperature"
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model=MODEL, messages=ask("x"), extra_body={"branches": ["a:b"]})
-    assert bad.value.body["param"] == "branches" and "must be one line" in bad.value.body["message"]
+        client.chat.completions.create(model=MODEL, messages=ask("x"), extra_body={"branches": ["a", " "]})
+    assert bad.value.body["param"] == "branches" and "branch title 1 is only whitespace" in bad.value.body["message"]
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="gpt-4o", messages=ask("x"))
     assert missing.value.body["code"] == "model_not_found"
@@ -284,3 +286,98 @@ def test_the_remote_executor_on_pbd_serve_equals_the_in_process_decoder(server: 
     ]
     assert on_server.finish_reason == in_process.finish_reason
     assert on_server.stats.generated_tokens == in_process.stats.generated_tokens
+
+
+# --------------------------------------------------------------------------- load
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+async def test_bounded_load_with_disconnecting_clients(server: str) -> None:
+    """32 mixed requests, 8 at a time, 4 of them abandoned mid-stream: every other one is well-formed, none
+    fails, and afterwards the batch and its cache are empty and the memory is back to its idle level."""
+    import asyncio
+
+    client = openai.AsyncOpenAI(base_url=server, api_key="unused", timeout=600, max_retries=0)
+    health = lambda: httpx.get(root(server) + "/health", timeout=30).json()  # noqa: E731
+    await client.chat.completions.create(model=MODEL, messages=ask("Warm up."), max_tokens=4,
+                                         extra_body={"branches": ["a", "b"], "max_branch_tokens": 4})
+    idle_rss = _rss_bytes(PROCESS["pid"]) if "pid" in PROCESS else None
+    gate = asyncio.Semaphore(8)
+    tokens = {"completion": 0}
+
+    async def chat(i: int) -> str:
+        answer = await client.chat.completions.create(model=MODEL, messages=ask(f"Say something about {i}."),
+                                                      max_tokens=12)
+        assert answer.choices[0].finish_reason in ("stop", "length")
+        assert isinstance(answer.choices[0].message.content, str)
+        tokens["completion"] += answer.usage.completion_tokens
+        return "chat"
+
+    async def branches(i: int) -> str:
+        answer = await client.chat.completions.create(
+            model=MODEL, messages=ask(f"Give one tip each, {i}."), max_tokens=40,
+            extra_body={"branches": ["Hiking", "Swimming", "Cycling"], "max_branch_tokens": 8})
+        assert answer.choices[0].message.content and answer.usage.completion_tokens > 0
+        tokens["completion"] += answer.usage.completion_tokens
+        return "branches"
+
+    async def streamed(i: int) -> str:
+        stream = await client.chat.completions.create(model=MODEL, messages=ask(f"Count to {i}."), max_tokens=12,
+                                                      stream=True, stream_options={"include_usage": True})
+        chunks = [c async for c in stream]
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+        tokens["completion"] += chunks[-1].usage.completion_tokens
+        return "stream"
+
+    async def completion(i: int) -> str:
+        answer = await client.completions.create(model=MODEL, prompt=f"Number {i} is", max_tokens=10)
+        assert isinstance(answer.choices[0].text, str)
+        tokens["completion"] += answer.usage.completion_tokens
+        return "completion"
+
+    async def abandoned(i: int) -> str:
+        body = {"model": MODEL, "messages": ask("Write a very long story."), "max_tokens": 2000, "stream": True,
+                "branches": ["Start", "Middle", "End"], "max_branch_tokens": 600}
+        async with httpx.AsyncClient(timeout=600) as http:
+            async with http.stream("POST", server + "/chat/completions", json=body) as response:
+                assert response.status_code == 200
+                seen = 0
+                async for line in response.aiter_lines():
+                    seen += line.startswith("data: ")
+                    if seen >= 3:
+                        break  # leaving the block drops the connection
+        return "abandoned"
+
+    kinds = [chat, branches, streamed, completion, chat, branches, streamed, abandoned]
+
+    async def one(i: int) -> str:
+        async with gate:
+            return await kinds[i % len(kinds)](i)
+
+    t0 = time.perf_counter()
+    outcomes = await asyncio.gather(*(one(i) for i in range(32)), return_exceptions=True)
+    seconds = time.perf_counter() - t0
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    assert not failures, failures[:3]
+    assert outcomes.count("abandoned") == 4
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = health()
+        if state["active_decodes"] == 0 and state.get("batch", {}).get("cache_slots", 0) == 0:
+            break
+        await asyncio.sleep(0.2)
+    assert state["active_decodes"] == 0, state
+    assert state["batch"]["active"] == 0 and state["batch"]["cache_slots"] == 0, state
+    print(f"\nload: 32 requests (4 abandoned), 8 at a time, {seconds:.1f} s, "
+          f"{tokens['completion'] / seconds:.1f} completion tok/s over the 28 completed")
+    if idle_rss:
+        after = _rss_bytes(PROCESS["pid"])
+        print(f"server RSS idle {idle_rss / 2**20:.0f} MiB, after the load {after / 2**20:.0f} MiB")
+        assert after < idle_rss * 1.25 + 64 * 2**20, (idle_rss, after)
+    await client.close()
