@@ -11,8 +11,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-from .plan_format import MAX_TITLE_CHARS
-
 MergeMode = Literal["reuse", "recompute"]
 MERGE_MODES: tuple[str, ...] = ("reuse", "recompute")
 
@@ -27,7 +25,10 @@ class DecodeOptions:
     """
 
     branches: list[str] | None = None
-    """Caller-given branch titles: skip planning and decode these steps in parallel."""
+    """Caller-given branch titles: skip planning and decode these steps in parallel. Any title with a
+    non-space character works; the branch text shows it as `pbd_core.plan_format.render_title` writes it
+    (a ``:`` as ``：``, a line break as a space, ...), while `BranchResult.title` and the branch events keep
+    the caller's text exactly."""
     max_new_tokens: int = 512
     """Budget for all sampled tokens of the answer (plan, every branch, merge)."""
     max_branch_tokens: int = 256
@@ -90,16 +91,14 @@ class DecodeOptions:
                 f"got {len(branches)} branches but max_branches is {self.max_branches}; "
                 "raise max_branches or pass fewer branches"
             )
-        for title in branches:
+        for index, title in enumerate(branches):
+            # Any other title can be written: `render_title` keeps ':', '####', line breaks... from
+            # reading as the format's delimiters, and the caller's text stays the branch's title.
             if not title.strip():
-                raise ValueError("branch titles must not be empty")
-            if "\n" in title or "####" in title or ":" in title:
                 raise ValueError(
-                    f"branch title {title!r} must be one line without ':' or '####' "
-                    "(they delimit steps in the branch format)"
+                    f"branch title {index} is {'empty' if not title else 'only whitespace'} ({title!r}): "
+                    "every branch needs a title with a non-space character"
                 )
-            if len(title) > MAX_TITLE_CHARS:
-                raise ValueError(f"branch title is longer than {MAX_TITLE_CHARS} characters: {title[:40]!r}...")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "DecodeOptions":

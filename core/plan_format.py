@@ -14,6 +14,11 @@ an elided body (``ELISION``) and the next ``####`` so the model lists every
 title before writing any body. The list is then dropped from the cache and
 every branch is seeded with ``####<title>:``.
 
+A caller may give any non-empty title (``"Step 1: gather data"``, several
+lines, ...): `render_title` writes it so it cannot be read as a delimiter, and
+the caller's own text stays the title everywhere else (`BranchResult.title`,
+branch events, what the adapters show).
+
 Everything here works on decoded text, so it holds for any tokenizer.
 """
 
@@ -30,16 +35,80 @@ fresh line (small models otherwise tend to keep writing ``%%%%``)."""
 CLOSE_TAIL = "%%%%"
 ELISION = " ...\n"
 MAX_TITLE_CHARS = 120
+"""Longest title `read_title` accepts from the model (a longer one is runaway text, not a title)."""
+
+TITLE_COLON = "\uff1a"
+"""How a ``:`` inside a title is written: FULLWIDTH COLON (see `render_title`)."""
+TITLE_HASH = "\uff03"
+"""How a ``#`` that would join or form a step marker is written: FULLWIDTH NUMBER SIGN."""
+TITLE_PERCENT = "\uff05"
+"""How a ``%`` that would form the close marker is written: FULLWIDTH PERCENT SIGN."""
+
+_LINE_BREAK = re.compile(r"\s*[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]\s*")  # what str.splitlines splits at
+_HASH_RUN = re.compile(r"^#+|#{4,}")
+_LEADING_PERCENTS = re.compile(r"^%{4,}")
+
+
+def render_title(title: str) -> str:
+    """The text a title is written as in the branch format, between ``####`` and ``:``.
+
+    In the format a title ends at its first ``:``, ``####`` starts a step and
+    ``####%%%%`` closes the block, so a caller's title such as
+    ``"Step 1: gather data"`` cannot be written as it is. Only what the format
+    would read as a delimiter changes; everything else is kept, so for any title
+    the model itself could write (`read_title`) this returns it unchanged:
+
+    - a line break, with the spaces around it, becomes one space (a title is one
+      line); leading and trailing whitespace is dropped (the format has none);
+    - trailing colons are dropped (``"Summary:"`` is written ``####Summary:``,
+      not with two colons) unless nothing else is left;
+    - every other ``:`` is written as ``：`` (U+FF1A, FULLWIDTH COLON);
+    - ``#`` at the start of the title (it would lengthen the ``####`` before it)
+      and every ``#`` of a run of four or more (a step marker) is written ``＃``
+      (U+FF03); a lone ``#`` inside (``"Issue #12"``) stays;
+    - a run of four or more ``%`` at the start (with the ``####`` before it, the
+      close marker) is written ``％％％％`` (U+FF05).
+
+    Why the fullwidth colon rather than escaping or another rendering: it is
+    the colon of CJK text, so models trained on multilingual data read it as a
+    colon, and byte-level BPE vocabularies have it as one token (SmolLM2 and
+    Qwen2.5: ``"Step 1： gather data"`` is exactly as many tokens as
+    ``"Step 1: gather data"``). It keeps the meaning wherever the colon was
+    (``"12：30"``, ``"http：//..."``, ``"Step 1： ..."``), which a dash or a
+    comma would not, and an escape (``\\:``) or a quoted title would teach the
+    model a syntax the format prompt never shows. The ``#`` and ``%`` cases are
+    rare enough that naturalness matters less than never forming a marker.
+
+    The result never contains ``:``, ``####``, ``%%%%`` or a line break, has no
+    leading or trailing whitespace and never starts with ``#`` or ``%%%%``, so ``####<rendered>:`` reads back
+    (`read_title`) as exactly ``<rendered>`` when it is at most
+    ``MAX_TITLE_CHARS`` long.
+
+    Raises:
+        ValueError: for an empty or whitespace-only title (nothing to write).
+
+    >>> render_title("Step 1: gather data")
+    'Step 1： gather data'
+    >>> render_title("  Summary:\\n")
+    'Summary'
+    """
+    text = _LINE_BREAK.sub(" ", title).strip()
+    if not text:
+        raise ValueError(f"a branch title must contain a non-space character, got {title!r}")
+    text = text.rstrip(":").rstrip() or text
+    text = text.replace(":", TITLE_COLON)
+    text = _HASH_RUN.sub(lambda m: TITLE_HASH * len(m.group()), text)
+    return _LEADING_PERCENTS.sub(lambda m: TITLE_PERCENT * len(m.group()), text)
 
 
 def seed_text(title: str) -> str:
-    """What a branch is conditioned on after the shared prefix."""
-    return f"{STEP_MARKER}{title}:"
+    """What a branch is conditioned on after the shared prefix (the title rendered by `render_title`)."""
+    return f"{STEP_MARKER}{render_title(title)}:"
 
 
 def planned_entry_text(title: str) -> str:
     """One entry of the title list, body elided."""
-    return f"{STEP_MARKER}{title}:{ELISION}"
+    return f"{STEP_MARKER}{render_title(title)}:{ELISION}"
 
 
 @dataclass(frozen=True)

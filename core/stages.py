@@ -54,6 +54,7 @@ from .plan_format import (
     branch_separator,
     planned_entry_text,
     read_title,
+    render_title,
     seed_text,
     split_sections,
 )
@@ -84,7 +85,7 @@ class _Branch:
 
     index: int  # index in the answer (reading order)
     slot: int  # index among the streams of its block
-    title: str
+    title: str  # the caller's (or the plan's) own text; the branch text shows `seed_text(title)`
     seed_ids: list[int]
     context_ids: list[int]
     stream: TextStream
@@ -349,7 +350,8 @@ class DecodeRun:
                 break  # "%%%%" closed the list, the entry is malformed, or the model repeats itself
             titles.append(read.title)
             # The model's own title tokens are replaced by the canonical entry.
-            listed += encode(self.tokenizer, f"{read.title}:{ELISION}") + encode(self.tokenizer, STEP_MARKER)
+            entry_text = f"{render_title(read.title)}:{ELISION}"
+            listed += encode(self.tokenizer, entry_text) + encode(self.tokenizer, STEP_MARKER)
         return _Outcome(None, titles)
 
     # ------------------------------------------------------------------ parallel block

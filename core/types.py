@@ -9,6 +9,10 @@ Reading order
 
     <text before the branches> ####<title 1>:<body 1>####<title 2>:<body 2>...####%%%%<conclusion>
 
+where each title is written as `pbd_core.plan_format.render_title` renders it (a caller's
+``"Step 1: gather data"`` as ``Step 1： gather data``); `BranchResult.title` and
+`BranchStartEvent.title` are the caller's own text.
+
 Stream events carry the same text in fragments: every `TokenEvent` with
 ``branch=None`` is in reading order among themselves, and every fragment of
 branch ``i`` belongs between the ``BranchStartEvent`` and ``BranchEndEvent``
@@ -38,6 +42,8 @@ class BranchResult:
     """One branch (one independent step) of a parallel block."""
 
     title: str
+    """The title exactly as the caller gave it (or as the model planned it); the branch text and
+    ``context_ids`` hold its rendering (`pbd_core.plan_format.seed_text`)."""
     text: str
     """The branch body: what the model wrote after ``####<title>:``, end marker excluded."""
     token_ids: list[int]
@@ -120,6 +126,7 @@ class TokenEvent:
 class BranchStartEvent:
     index: int
     title: str
+    """The caller's (or the plan's) own title; the branch's first `TokenEvent` is its rendered header."""
     block: int = 0
 
 

@@ -124,8 +124,10 @@ class _LiveBranches:
         self._draw()
 
     def _body(self, i: int) -> str:
-        """Branch text without the ``####title:`` header the engine streams first."""
-        header = f"####{self.titles[i]}:"
+        """Branch text without the ``####title:`` header the engine streams first (the title as rendered)."""
+        from pbd_core.plan_format import seed_text
+
+        header = seed_text(self.titles[i]) if self.titles[i].strip() else ""
         text = self.texts[i]
         return text[len(header):] if text.startswith(header) else text
 

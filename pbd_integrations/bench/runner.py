@@ -23,6 +23,8 @@ import statistics
 import time
 from typing import Any, Callable
 
+from pbd_core.plan_format import seed_text
+
 from .batched import batched_expand
 from .memory import ForwardTimer, PeakRSS, kv_bytes_per_token
 from .step_cost import ceiling_at, cost_at
@@ -138,7 +140,7 @@ def run_task(decoder, task: Task, mode: str, index: int, *, methods=METHODS) -> 
                 parallel=True,
                 branches=[{"title": b.title, "text": t, "finish_reason": r, "tokens": len(ids)}
                           for b, t, r, ids in zip(branches, out.texts, out.finish_reasons, out.token_ids)],
-                text="".join(f"####{b.title}:{t}" for b, t in zip(branches, out.texts)),
+                text="".join(seed_text(b.title) + t for b, t in zip(branches, out.texts)),
             )
             steps = {b.title: t for b, t in zip(branches, out.texts)}
             batched_out = (branches, out)

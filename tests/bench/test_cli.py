@@ -45,6 +45,6 @@ def test_run_text_shows_branches_and_stats(tiny_model_dir, capsys):
 
 
 def test_bad_option_is_a_clean_error(tiny_model_dir, capsys):
-    code = main(["run", "hi", "--model", str(tiny_model_dir), "--branch", "a:b", "--no-progress"])
+    code = main(["run", "hi", "--model", str(tiny_model_dir), "--branch", "a:b", "--branch", " ", "--no-progress"])
     assert code == 2
-    assert "pbd: error:" in capsys.readouterr().err
+    assert "pbd: error: branch title 1 is only whitespace" in capsys.readouterr().err

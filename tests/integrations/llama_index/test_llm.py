@@ -80,7 +80,7 @@ def test_construction_loads_nothing():
         ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
         ({"merge": "fold"}, "merge"),
         ({"branches": []}, "branches must not be empty"),
-        ({"branches": ["a:b"]}, "must be one line without ':'"),
+        ({"branches": ["a:b", "\n"]}, "branch title 1 is only whitespace"),
         ({"model": 42}, "model must be a model source string or a ParallelBranchDecoder"),
         ({"repetition_penalty": 0.0}, "repetition_penalty"),
     ],
