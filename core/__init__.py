@@ -11,6 +11,7 @@ live branch per forward pass under a tree attention mask, then merge.
 
 from .constraints import TokenConstraint
 from .decoder import ParallelBranchDecoder
+from .executors.forest import AdmissionTimeout
 from .options import DecodeOptions
 from .prompting import RawPrompt, TokenIds
 from .reading_order import ReadingOrder
@@ -26,6 +27,7 @@ from .types import (
 )
 
 __all__ = [
+    "AdmissionTimeout",
     "BranchEndEvent",
     "BranchResult",
     "BranchStartEvent",

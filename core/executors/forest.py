@@ -146,6 +146,8 @@ class ForestScheduler:
         self._thread: threading.Thread | None = None
         self.steps = 0
         self.compactions = 0
+        self.forward_seconds = 0.0  # inside the model's forward passes
+        self.gather_seconds = 0.0  # waiting for answers to hand in their next tokens
 
     # ------------------------------------------------------------------ views
 
@@ -172,6 +174,8 @@ class ForestScheduler:
                 "dead_slots": self.dead,
                 "steps": self.steps,
                 "compactions": self.compactions,
+                "forward_seconds": round(self.forward_seconds, 3),
+                "gather_seconds": round(self.gather_seconds, 3),
             }
 
     def _admit(self, tree: "ForestTree", reservation: int) -> None:
@@ -247,6 +251,7 @@ class ForestScheduler:
             with self._cond:
                 while not self._pending:
                     self._cond.wait()
+                gather_start = time.perf_counter()
                 while True:  # gather: every admitted answer, or a pause in arrivals
                     waiting_for = {t.answer for t in self._active.values()} - {w.tree.answer for w in self._pending}
                     remaining = self._last_submit + self.gather_wait - time.monotonic()
@@ -255,6 +260,8 @@ class ForestScheduler:
                     self._cond.wait(remaining)
                 self._maintain()
                 step, parts = self._select()
+                self.gather_seconds += time.perf_counter() - gather_start
+            forward_start = time.perf_counter()
             try:
                 self._forward(step, parts)
             except BaseException as error:  # every answer of the step fails; the scheduler goes on
@@ -262,6 +269,7 @@ class ForestScheduler:
                 for work in step:
                     work.error = error
             with self._cond:
+                self.forward_seconds += time.perf_counter() - forward_start
                 self.steps += 1
                 for work in step:
                     if work.error is not None or work.done_rows == len(work.ids):
