@@ -140,6 +140,7 @@ class ForestScheduler:
         self._cond = threading.Condition()
         self._pending: list[_Work] = []
         self._last_submit = 0.0
+        self._last_step_end = 0.0
         self._active: dict[int, ForestTree] = {}
         self._queue: deque[ForestTree] = deque()  # waiting for admission, FIFO
         self._ids = itertools.count()
@@ -254,7 +255,10 @@ class ForestScheduler:
                 gather_start = time.perf_counter()
                 while True:  # gather: every admitted answer, or a pause in arrivals
                     waiting_for = {t.answer for t in self._active.values()} - {w.tree.answer for w in self._pending}
-                    remaining = self._last_submit + self.gather_wait - time.monotonic()
+                    # The pause counts from the later of the last hand-in and the last step's end: answers of
+                    # that step need a moment to sample before they hand in again, or the batch splits in two.
+                    since = max(self._last_submit, self._last_step_end)
+                    remaining = since + self.gather_wait - time.monotonic()
                     if not waiting_for or remaining <= 0:
                         break
                     self._cond.wait(remaining)
@@ -270,6 +274,7 @@ class ForestScheduler:
                     work.error = error
             with self._cond:
                 self.forward_seconds += time.perf_counter() - forward_start
+                self._last_step_end = time.monotonic()
                 self.steps += 1
                 for work in step:
                     if work.error is not None or work.done_rows == len(work.ids):
