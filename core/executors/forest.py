@@ -66,7 +66,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from ..masks import TRUNK, to_additive, tree_predicate, window_predicate
+from ..cache import SlotTable
+from ..masks import TRUNK, to_additive, window_predicate
 
 DEAD = -1
 """Owner of a slot nobody attends to any more (waiting to be removed)."""
@@ -402,20 +403,20 @@ class ForestTree:
     def __init__(self, scheduler: ForestScheduler, answer: int) -> None:
         self.scheduler = scheduler
         self.answer = answer
-        self.global_slots: list[int] = []
+        self.slots = SlotTable(scheduler.device, scheduler.layer_windows)  # in this answer's own coordinates
+        self.global_slots: list[int] = []  # the shared cache's slot of each of its slots
         self.slot_ids: list[int] = []
-        device = scheduler.device
-        empty = torch.empty(0, dtype=torch.long, device=device)
-        self.branch, self.position, self.ctx_end = empty.clone(), empty.clone(), empty.clone()
-        self.visible = torch.empty(0, dtype=torch.bool, device=device)
-        self.linear = True
         self.admitted = False
         self.reservation = 0
         self.budget_tokens: int | None = None  # the answer's max_new_tokens, for its reservation
         self.streams = 1
 
     def __len__(self) -> int:
-        return int(self.branch.numel())
+        return len(self.slots)
+
+    @property
+    def linear(self) -> bool:
+        return self.slots.linear
 
     def expect(self, *, max_new_tokens: int) -> None:
         """The answer's token budget (sizes its KV reservation at admission)."""
@@ -436,59 +437,30 @@ class ForestTree:
             reservation = min(n + 2 * budget, self.scheduler.context_window + budget)
             self.scheduler._admit(self, reservation)
             self.admitted = True
-        device = self.scheduler.device
         start = len(self)
-        is_trunk = ctx_end is None and all(b == TRUNK for b in branch)
-        self.linear = self.linear and is_trunk
-        q_branch = torch.as_tensor(list(branch), dtype=torch.long, device=device)
-        q_position = torch.as_tensor(list(position), dtype=torch.long, device=device)
-        q_slot = torch.arange(start, start + n, device=device)
-        if ctx_end is None:
-            q_ctx_end = q_slot + 1
-        else:
-            q_ctx_end = torch.as_tensor(ctx_end, dtype=torch.long, device=device).expand(n)
-            q_ctx_end = torch.where(q_ctx_end == TRUNK, q_slot + 1, q_ctx_end)
-        self.branch = torch.cat([self.branch, q_branch])
-        self.position = torch.cat([self.position, q_position])
-        self.ctx_end = torch.cat([self.ctx_end, q_ctx_end])
-        self.visible = torch.cat([self.visible, torch.ones(n, dtype=torch.bool, device=device)])
-        self.streams = max(1, len({b for b in branch if b != TRUNK}))
-        kv_slot = torch.arange(len(self), device=device)
-        base = tree_predicate(q_slot, q_branch, q_ctx_end, kv_slot, self.branch) & self.visible[None, :]
-        if self.scheduler.layer_windows is None:
-            allowed: dict[str | None, torch.Tensor] = {None: base}
-        else:
-            allowed = {
-                kind: base & window_predicate(q_position, self.position, window) if window is not None else base
-                for kind, window in self.scheduler.layer_windows.items()
-            }
+        allowed = self.slots.add(branch, position, ctx_end)
+        self.streams = max(1, len({int(b) for b in branch if int(b) != TRUNK}))
         keep_rows = [n - 1] if keep is None else [int(k) for k in keep]
-        work = _Work(self, [int(t) for t in ids], [int(p) for p in position], allowed, keep_rows, is_trunk, start)
+        trunk_only = ctx_end is None and all(int(b) == TRUNK for b in branch)
+        work = _Work(self, [int(t) for t in ids], [int(p) for p in position], allowed, keep_rows, trunk_only, start)
         self.slot_ids.extend(work.ids)
         try:
             self.scheduler._submit(work)
         except BaseException:
-            self._forget(start)
+            self.slots.crop(start)
+            del self.slot_ids[start:]
             raise
         return torch.stack([work.rows[i] for i in keep_rows])
-
-    def _forget(self, length: int) -> None:
-        self.branch, self.position = self.branch[:length], self.position[:length]
-        self.ctx_end, self.visible = self.ctx_end[:length], self.visible[:length]
-        del self.slot_ids[length:]
 
     def crop(self, length: int) -> None:
         assert 0 <= length <= len(self), (length, len(self))
         self.scheduler._crop(self, length)
-        self._forget(length)
-        if not self.linear:
-            self.linear = not bool((self.branch != TRUNK).any()) and bool(self.visible.all())
+        self.slots.crop(length)
+        del self.slot_ids[length:]
         self.streams = 1
 
     def hide(self, slots: Sequence[int]) -> None:
-        if slots:
-            self.visible[torch.tensor(list(slots), device=self.scheduler.device)] = False
-            self.linear = False
+        self.slots.hide(slots)
 
     def release(self) -> None:
         """The answer is over (or abandoned): free its slots and its place in the batch."""
@@ -498,8 +470,7 @@ class ForestTree:
 
     def dense_mask(self) -> torch.Tensor:
         """``[L, L]`` boolean over this answer's own slots (full-attention layers)."""
-        kv_slot = torch.arange(len(self), device=self.scheduler.device)
-        return tree_predicate(kv_slot, self.branch, self.ctx_end, kv_slot, self.branch)
+        return self.slots.dense_mask()
 
 
 def default_max_kv_tokens(model) -> int:
