@@ -41,7 +41,11 @@ class TokenConstraint(Protocol):
         ...
 
     def is_finished(self) -> bool:
-        """True once the constrained text is complete: the stream then ends with ``finish_reason="stop"``."""
+        """True once the constrained text is complete: the stream then ends with ``finish_reason="stop"``.
+
+        A constraint may also have a ``cut_by_budget`` attribute: when it is true (the budget forced
+        the completion), the stream ends with ``finish_reason="length"`` instead.
+        """
         ...
 
 

@@ -398,7 +398,10 @@ def _punctuation_exemption(tokenizer: Any) -> Callable[[int], bool]:
 
 
 def _constraint(tokenizer: Any, kind: str, spec: Any, tool_choice: str, *, param: str) -> Callable[[], Any]:
-    text = spec if isinstance(spec, str) else json.dumps(spec, sort_keys=True)
+    # Keys keep the request's order: a grammar writes an object's properties in the order the schema
+    # lists them (and the prompt shows them so), so a schema with its keys sorted would be a different
+    # grammar. The cache key is this exact text; the same schema sent again hits the cache.
+    text = spec if isinstance(spec, str) else json.dumps(spec)
     try:
         return _cached_constraint(tokenizer, kind, text, tool_choice)
     except ImportError as error:

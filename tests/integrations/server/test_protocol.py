@@ -286,7 +286,7 @@ def test_response_format_decodes_under_a_json_grammar(grammar_requests: list, re
         ({"messages": [{"role": "robot", "content": "x"}]}, 400, "messages.0.role", "Input should be"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
          400, "messages[0].content", "only text parts"),
-        ({"branches": ["A:B"]}, 400, "branches", "must be one line"),
+        ({"branches": ["A:B", ""]}, 400, "branches", "branch title 1 is empty"),
         ({"branches": ["A", "B", "C"], "max_branches": 2}, 400, "max_branches", "got 3 branches"),
         ({"merge": "zip"}, 400, "merge", "'reuse' or 'recompute'"),
         ({"stop": [""]}, 400, "stop", "must not be empty"),
@@ -594,3 +594,108 @@ def test_a_json_grammar_sent_as_lark_decodes_as_in_process(engine) -> None:
     in_process = scripted().generate(RawPrompt("Q\n"), **options)
     assert json.loads(on_server.text) == {"ok": json.loads(on_server.text)["ok"]}
     assert summary(on_server) == summary(in_process)
+
+
+# --------------------------------------------------------------------------- schema property order
+
+ORDERED = {  # properties deliberately not in alphabetical order, nested too
+    "type": "object",
+    "properties": {"zeta": {"type": "string"}, "alpha": {"type": "string"},
+                   "mid": {"type": "object", "properties": {"y": {"type": "string"}, "b": {"type": "string"}},
+                           "required": ["y", "b"]}},
+    "required": ["zeta", "alpha", "mid"],
+}
+ORDERED_TEXT = '{"zeta": "z", "alpha": "a", "mid": {"y": "y", "b": "b"}}'
+ORDERED_TOOL = {"type": "function", "function": {"name": "put", "description": "Store a record", "parameters": ORDERED}}
+
+
+def _key_order(value) -> list:
+    """Every object's keys, in order, depth first (nested objects too)."""
+    if isinstance(value, dict):
+        return [list(value)] + [k for v in value.values() for k in _key_order(v)]
+    return []
+
+
+@pytest.fixture
+def grammar_specs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """The exact spec text each grammar is compiled from (its key order included)."""
+    specs: list[tuple[str, str]] = []
+    monkeypatch.setattr(protocol, "_cached_constraint", lambda tokenizer, kind, spec, choice: specs.append((kind, spec)) or (lambda: None))
+    return specs
+
+
+@pytest.mark.parametrize(
+    "request_fields",
+    [{"response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": ORDERED}}},
+     {"tools": [ORDERED_TOOL], "tool_choice": "required"},
+     {"tools": [ORDERED_TOOL], "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": ORDERED}}}],
+    ids=["response-format", "tools", "tools-and-response-format"],
+)
+def test_schema_property_order_reaches_the_grammar_and_the_prompt(grammar_specs, request_fields) -> None:
+    decoder = ChatDecoder(before=["{}"])
+    TestClient(create_app(decoder)).post("/v1/chat/completions", json={"messages": MESSAGES, **request_fields})
+    [(kind, spec)] = grammar_specs
+    compiled = json.loads(spec)
+    schemas = [compiled] if kind == "json" else [t["function"]["parameters"] for t in compiled["tools"]]
+    schemas += [compiled["response_schema"]] if kind == "tools" and compiled["response_schema"] else []
+    for schema in schemas:
+        assert _key_order(schema) == _key_order(ORDERED)
+    prompt = decoder.calls[0][0].text
+    assert json.dumps(ORDERED["properties"])[1:-1] in prompt  # the model is shown the fields in the same order
+
+
+def test_structured_outputs_json_keeps_property_order(grammar_specs) -> None:
+    client = TestClient(create_app(ChatDecoder(before=["{}"])))
+    client.post("/v1/completions", json={"prompt": "Q\n", "structured_outputs": {"json": ORDERED}})
+    [(kind, spec)] = grammar_specs
+    assert kind == "json" and _key_order(json.loads(spec)) == _key_order(ORDERED)
+
+
+def test_schemas_that_differ_only_in_property_order_get_their_own_grammar(monkeypatch) -> None:
+    """The grammar cache keys on the schema text as given: a reordered schema is a different grammar."""
+    protocol._cached_constraint.cache_clear()
+    built: list[list[str]] = []
+    from pbd_integrations import grammar
+
+    monkeypatch.setattr(grammar, "json_schema_constraint", lambda tokenizer, schema: built.append(list(schema["properties"])) or (lambda: None))
+    reordered = dict(ORDERED, properties=dict(reversed(list(ORDERED["properties"].items()))))
+    client = TestClient(create_app(ChatDecoder(before=["{}"])))
+    for schema in (ORDERED, reordered, ORDERED):
+        client.post("/v1/chat/completions", json={"messages": MESSAGES, "response_format": {
+            "type": "json_schema", "json_schema": {"name": "r", "schema": schema}}})
+    protocol._cached_constraint.cache_clear()
+    assert built == [["zeta", "alpha", "mid"], ["mid", "alpha", "zeta"]]  # the third request hit the cache
+
+
+def _chat_engine(answer: str) -> ParallelBranchDecoder:
+    """A real engine (ScriptedLM, byte tokenizer) with a plain chat template; the model writes ``answer``."""
+    from tiny_models import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] "
+    model = ScriptedLM(rules(("Store it.\n[assistant] ", answer)), tokenizer=tokenizer)
+    return ParallelBranchDecoder(model, tokenizer)
+
+
+def test_the_model_writes_the_fields_in_schema_order_under_the_real_grammar() -> None:
+    """End to end (llguidance on the byte tokenizer): a model that writes the schema's order is let through.
+
+    With the schema's keys sorted, the grammar would demand ``alpha`` first and the answer would
+    come out reordered (the model's ``"z`` is not allowed after ``{"``).
+    """
+    pytest.importorskip("llguidance")
+    protocol._cached_constraint.cache_clear()
+    messages = [{"role": "user", "content": "Store it."}]
+    format_ = {"type": "json_schema", "json_schema": {"name": "r", "schema": ORDERED}}
+    body = TestClient(create_app(_chat_engine(ORDERED_TEXT))).post("/v1/chat/completions", json={
+        "messages": messages, "response_format": format_, "max_tokens": 120, "parallel": False}).json()
+    content = body["choices"][0]["message"]["content"]
+    assert content == ORDERED_TEXT and list(json.loads(content)) == ["zeta", "alpha", "mid"]
+
+    call = f'<tool_call>\n{{"name": "put", "arguments": {ORDERED_TEXT}}}\n</tool_call>'
+    body = TestClient(create_app(_chat_engine(call))).post("/v1/chat/completions", json={
+        "messages": messages, "tools": [ORDERED_TOOL], "tool_choice": "required", "max_tokens": 160,
+        "parallel": False}).json()
+    [tool_call] = body["choices"][0]["message"]["tool_calls"]
+    assert tool_call["function"]["arguments"] == ORDERED_TEXT
+    protocol._cached_constraint.cache_clear()
