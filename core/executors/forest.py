@@ -16,13 +16,14 @@ prefix and its own branch only, with its own position ids: the forest is a
 set of trees that never see each other.
 
 **One step.** `ForestTree.append` (called by `LocalExecutor` in the answer's
-own thread) hands its tokens to the scheduler and waits. The scheduler's
-thread collects what every admitted answer has handed in (it waits until all
-of them have, or until no new work came for ``gather_wait`` seconds), runs one
-forward pass with all of it (trunk tokens of answers in their plan or
+own thread) hands its tokens to the scheduler and waits. One of the waiting
+threads leads: it collects what every admitted answer has handed in (it waits
+until all of them have, or until no new work came for ``gather_wait``
+seconds), runs one forward pass with all of it (trunk tokens of answers in their plan or
 conclusion, the branch tokens of answers in a parallel block, and one chunk of
 at most ``prefill_chunk`` prompt tokens), and hands each answer its logits
-rows. Answers join and leave between any two steps. A long prompt is fed one
+rows; when its own work is done another waiting thread leads. Answers join
+and leave between any two steps. A long prompt is fed one
 chunk per step, so it never stalls running streams for more than one chunk.
 
 **Rollbacks never disturb another answer.** Cropping a view (a plan list
@@ -145,7 +146,7 @@ class ForestScheduler:
         self._active: dict[int, ForestTree] = {}
         self._queue: deque[ForestTree] = deque()  # waiting for admission, FIFO
         self._ids = itertools.count()
-        self._thread: threading.Thread | None = None
+        self._leading = False  # an answer's thread is running steps for everyone
         self.steps = 0
         self.compactions = 0
         self.forward_seconds = 0.0  # inside the model's forward passes
@@ -237,50 +238,71 @@ class ForestScheduler:
     # ------------------------------------------------------------------ the loop
 
     def _submit(self, work: _Work) -> None:
+        """Hand in ``work`` and return when its logits are there.
+
+        There is no scheduler thread: the answers' own threads take turns as the *leader*, which
+        gathers everyone's work, runs the step and hands the logits out, until its own work is done;
+        then another waiting answer takes over. One answer alone thus runs its forward passes in its
+        caller's thread, as without batching. (This matters on the CPU: with GNU OpenMP, once two
+        threads have each run parallel regions, every region pays a futex wake-up, about 10 ms a
+        forward pass of the default model on two cores; a dedicated thread made every single-answer
+        decode pay that.)
+        """
         with self._cond:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="pbd-forest", daemon=True)
-                self._thread.start()
             self._pending.append(work)
             self._last_submit = time.monotonic()
             self._cond.notify_all()
-        work.finished.wait()
+            while not work.finished.is_set() and self._leading:
+                self._cond.wait()
+            if work.finished.is_set():
+                return self._raise_if_failed(work)
+            self._leading = True
+        try:
+            while not work.finished.is_set():
+                self._step()
+        finally:
+            with self._cond:
+                self._leading = False
+                self._cond.notify_all()  # a waiting answer with work left takes over
+        self._raise_if_failed(work)
+
+    @staticmethod
+    def _raise_if_failed(work: _Work) -> None:
         if work.error is not None:
             raise RuntimeError(f"the batched forward pass failed: {work.error}") from work.error
 
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending:
-                    self._cond.wait()
-                gather_start = time.perf_counter()
-                while True:  # gather: every admitted answer, or a pause in arrivals
-                    waiting_for = {t.answer for t in self._active.values()} - {w.tree.answer for w in self._pending}
-                    # The pause counts from the later of the last hand-in and the last step's end: answers of
-                    # that step need a moment to sample before they hand in again, or the batch splits in two.
-                    since = max(self._last_submit, self._last_step_end)
-                    remaining = since + self.gather_wait - time.monotonic()
-                    if not waiting_for or remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-                self._maintain()
-                step, parts = self._select()
-                self.gather_seconds += time.perf_counter() - gather_start
-            forward_start = time.perf_counter()
-            try:
-                self._forward(step, parts)
-            except BaseException as error:  # every answer of the step fails; the scheduler goes on
-                self._rollback(parts)
-                for work in step:
-                    work.error = error
-            with self._cond:
-                self.forward_seconds += time.perf_counter() - forward_start
-                self._last_step_end = time.monotonic()
-                self.steps += 1
-                for work in step:
-                    if work.error is not None or work.done_rows == len(work.ids):
-                        self._pending.remove(work)
-                        work.finished.set()
+    def _step(self) -> None:
+        """One forward pass with what the admitted answers have handed in (the leader calls it)."""
+        with self._cond:
+            gather_start = time.perf_counter()
+            while True:  # gather: every admitted answer, or a pause in arrivals
+                waiting_for = {t.answer for t in self._active.values()} - {w.tree.answer for w in self._pending}
+                # The pause counts from the later of the last hand-in and the last step's end: answers of
+                # that step need a moment to sample before they hand in again, or the batch splits in two.
+                since = max(self._last_submit, self._last_step_end)
+                remaining = since + self.gather_wait - time.monotonic()
+                if not waiting_for or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            self._maintain()
+            step, parts = self._select()
+            self.gather_seconds += time.perf_counter() - gather_start
+        forward_start = time.perf_counter()
+        try:
+            self._forward(step, parts)
+        except BaseException as error:  # every answer of the step fails; the batch goes on
+            self._rollback(parts)
+            for work in step:
+                work.error = error
+        with self._cond:
+            self.forward_seconds += time.perf_counter() - forward_start
+            self._last_step_end = time.monotonic()
+            self.steps += 1
+            for work in step:
+                if work.error is not None or work.done_rows == len(work.ids):
+                    self._pending.remove(work)
+                    work.finished.set()
+            self._cond.notify_all()
 
     def _select(self) -> tuple[list[_Work], list[tuple[_Work, int, int]]]:
         """This step's work: every decode and branch step in full, prompt chunks FIFO up to ``prefill_chunk``.

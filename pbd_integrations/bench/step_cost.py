@@ -47,7 +47,7 @@ def measure_step_cost(
 ) -> dict[str, Any]:
     """Median milliseconds of one k-token step for each k, with the ceiling ``k * cost(1) / cost(k)``.
 
-    ``progress`` is an optional callable called once per k (a tqdm ``update``).
+    ``progress`` is an optional callable called once per k when all are measured (a tqdm ``update``).
     """
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -57,26 +57,30 @@ def measure_step_cost(
     cache = DynamicCache(config=model.config)
     model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
 
-    rows = []
-    for k in ks:
-        new = torch.randint(0, vocab, (1, k), generator=gen).to(device)
-        mask = _branch_step_mask(cache_tokens, k, dtype, device)
-        positions = torch.full((1, k), cache_tokens, dtype=torch.long, device=device)
-        times = []
-        for r in range(warmup + repeats):
+    # Rounds over every k, so that a drift of the machine (frequency, neighbours) hits every k alike
+    # instead of whichever k happened to be measured while it lasted.
+    inputs = {k: (torch.randint(0, vocab, (1, k), generator=gen).to(device),
+                  _branch_step_mask(cache_tokens, k, dtype, device),
+                  torch.full((1, k), cache_tokens, dtype=torch.long, device=device)) for k in ks}
+    times: dict[int, list[float]] = {k: [] for k in ks}
+    for r in range(warmup + repeats):
+        for k in ks:
+            new, mask, positions = inputs[k]
             t0 = time.perf_counter()
             model(input_ids=new, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
             elapsed = time.perf_counter() - t0
             cache.crop(-k)
             if r >= warmup:
-                times.append(elapsed * 1000)
-        assert cache.get_seq_length() == cache_tokens
-        times.sort()
+                times[k].append(elapsed * 1000)
+    assert cache.get_seq_length() == cache_tokens
+    rows = []
+    for k in ks:
+        measured = sorted(times[k])
         rows.append({
             "k": k,
-            "median_ms": round(statistics.median(times), 3),
-            "p10_ms": round(times[len(times) // 10], 3),
-            "p90_ms": round(times[(len(times) * 9) // 10 - 1 if len(times) >= 10 else -1], 3),
+            "median_ms": round(statistics.median(measured), 3),
+            "p10_ms": round(measured[len(measured) // 10], 3),
+            "p90_ms": round(measured[(len(measured) * 9) // 10 - 1 if len(measured) >= 10 else -1], 3),
         })
         if progress is not None:
             progress()
