@@ -14,6 +14,7 @@ from .decoder import ParallelBranchDecoder
 from .executors.forest import AdmissionTimeout
 from .options import DecodeOptions
 from .prompting import RawPrompt, TokenIds
+from .readable import ReadableText
 from .reading_order import ReadingOrder
 from .types import (
     BranchEndEvent,
@@ -37,6 +38,7 @@ __all__ = [
     "FinalEvent",
     "ParallelBranchDecoder",
     "RawPrompt",
+    "ReadableText",
     "ReadingOrder",
     "StreamEvent",
     "TokenConstraint",

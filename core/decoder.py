@@ -18,7 +18,9 @@ from .executors.local import LocalExecutor
 from .executors.tree_mask import TorchTree
 from .options import DecodeOptions
 from .prompting import Prompt, encode, prompt_ids, render_messages
+from .readable import areadable_result, readable_result
 from .stages import DecodeRun
+from .tool_plan import ToolCallRun
 from .types import DecodeResult, FinalEvent, StreamEvent
 
 CUSTOM_MASK_ATTENTION = ("sdpa", "eager", attention.NAME)
@@ -226,11 +228,13 @@ class ParallelBranchDecoder:
     def stream(self, prompt: Prompt, **options: Any) -> Iterator[StreamEvent]:
         """Yield token, branch-start, branch-end events and finally a `FinalEvent`.
 
+        Token events carry the branch-format text (``####<title>:``, ``####%%%%``);
+        `pbd_core.ReadableText` turns them into the readable text of `DecodeResult.text`.
         Arguments are validated now, before any compute: a bad call raises here,
         not on the first ``next()``.
         """
         run, session = self._prepare(prompt, options)
-        return drive(run.events(), session)
+        return readable_result(drive(run.events(), session), run.options.output_format)
 
     async def agenerate(self, prompt: Prompt, **options: Any) -> DecodeResult:
         """`generate` from an event loop (a remote executor awaits the server without threads)."""
@@ -242,7 +246,7 @@ class ParallelBranchDecoder:
     def astream(self, prompt: Prompt, **options: Any):
         """Async `stream`; arguments are validated now, before any compute."""
         run, session = self._prepare(prompt, options)
-        return adrive(run.events(), session)
+        return areadable_result(adrive(run.events(), session), run.options.output_format)
 
     def _prepare(self, prompt: Prompt, options: Mapping[str, Any]):
         decode_options = options if isinstance(options, DecodeOptions) else DecodeOptions.from_kwargs(**options)
@@ -259,13 +263,14 @@ class ParallelBranchDecoder:
         if isinstance(self.executor, LocalExecutor):  # a server enforces its own grammar
             _check_constraint_budget(decode_options)
         session = self.executor.session(decode_options)
-        run = DecodeRun(
+        run = (DecodeRun if decode_options.tool_calls is None else ToolCallRun)(
             tokenizer=self.tokenizer,
             eos_token_ids=self.eos_token_ids,
             context_window=self.context_window,
             executor_stats=session.stats,
             prompt_ids=ids,
             options=decode_options,
+            token_constraints=isinstance(self.executor, LocalExecutor),  # a server samples on its own
         )
         return run, session
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Literal
 
 MergeMode = Literal["reuse", "recompute"]
 MERGE_MODES: tuple[str, ...] = ("reuse", "recompute")
+OUTPUT_FORMATS: tuple[str, ...] = ("readable", "raw")
 
 
 
@@ -56,8 +57,45 @@ class DecodeOptions:
     """Start the answer with a title list: the engine writes the first ``####`` itself, so a model
     that does not follow the format instruction on its own still lists steps. Ignored with ``branches``.
     With ``parallel=False`` the same ``####`` starts the plain answer, so both modes see the same text."""
+    repetition_guard: bool | int = True
+    """End a branch that repeats itself (`pbd_core.repetition`): when its newest tokens repeat a whole
+    earlier stretch of it (period up to 128 tokens) for ``repetition_guard`` tokens (``True``: 32), or a
+    line with at least 10 letters or digits (or a block of lines) comes twice in a row, the branch ends
+    with ``finish_reason="repetition"`` and the repeats are cut from its text (one copy stays). Lists of
+    similar lines are never cut. ``False`` (or 0) turns it off. Applies to branches, also to the steps
+    of ``parallel=False`` with caller-given branches; never under a ``constraint`` (a cut would break
+    the grammar's text)."""
+    trunk_repetition_guard: bool | int = False
+    """The same guard for the shared text (intro, plan, conclusion, and all of plain decoding): a loop
+    there ends the answer with ``finish_reason="repetition"``. Off by default."""
+    plan_in_view: bool = False
+    """Branches see the whole plan: every branch's shared prefix is the prompt (and text before the
+    list) followed by the title list (``####<title>: ...`` per title, `pbd_core.plan_format.planned_entry_text`;
+    caller-given titles too), then its own ``####<title>:``. Exactness then reads: each branch equals
+    plain decoding of prefix + plan + own title (``BranchResult.context_ids``). The list stays in the
+    context after the block (the conclusion sees it) but is not part of the answer's text. With
+    ``parallel=False`` and caller-given branches the same list comes before the first step (each step
+    sees the plan and the steps before it); plain decoding without given branches plans nothing, so the
+    option changes nothing there."""
+    descriptive_titles: bool = False
+    """While the model plans, keep titles from starting with a number (``1``, ``2.``) or a generic word
+    (the ``Step`` of ``Step 1``, ``Part 2``), which tell a branch nothing about its subject
+    (`pbd_core.titles`): a token mask at each title's first token only. Caller-given titles are never
+    touched. In-process models only (a server samples on its own). Off by default: on SmolLM2-135M
+    (8 planning prompts, greedy, ``force_plan``) it changed 2 plans, both for the worse (instead of
+    ``Step 1``... the model ends its list after one or two titles and re-plans in the conclusion)."""
+    output_format: Literal["readable", "raw"] = "readable"
+    """What `DecodeResult.text` holds: ``readable`` (default) the answer as a user reads it, each step under
+    a ``**<title>**`` line and no format markers (`pbd_core.readable`); ``raw`` the branch-format text
+    (``####<title>:...####%%%%...``). `DecodeResult.raw_text` always has the format text, and stream events
+    always carry it (`pbd_core.ReadableText` turns them into readable text)."""
     constraint: Callable[[], Any] | None = field(default=None, compare=False)
     """Factory of a `pbd_core.TokenConstraint`; one instance is made per stream (main stream and each branch)."""
+    tool_calls: Any = field(default=None, compare=False)
+    """A `pbd_core.tool_plan.ToolCallPlan`: the answer is tool calls, several of them planned as titles
+    and decoded as parallel branches, one per call, each under its tool's arguments grammar (built by the
+    adapters for ``bind_tools``; see `pbd_core.tool_plan`). ``branches`` are then call titles
+    (``"<tool>: <hint>"``); one planned call, or ``parallel=False``, decodes as without a plan."""
 
     def __post_init__(self) -> None:
         _check_positive_int("max_new_tokens", self.max_new_tokens)
@@ -73,6 +111,15 @@ class DecodeOptions:
             raise ValueError(f"seed must be an int or None, got {self.seed!r}")
         if self.merge not in MERGE_MODES:
             raise ValueError(f"merge must be one of {MERGE_MODES}, got {self.merge!r}")
+        for name in ("repetition_guard", "trunk_repetition_guard"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or (not isinstance(value, bool) and value < 0):
+                raise ValueError(f"{name} must be a bool or an int >= 0 (repeated tokens; 0 = off), got {value!r}")
+        for name in ("plan_in_view", "descriptive_titles"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}")
         if self.stop is not None:
             if isinstance(self.stop, str) or not all(isinstance(s, str) for s in self.stop):
                 raise ValueError(f"stop must be a list of strings, got {self.stop!r}")
@@ -120,7 +167,8 @@ def _check_positive_int(name: str, value: Any) -> None:
 
 
 CALL_OPTION_NAMES: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(DecodeOptions) if f.name != "constraint"
+    f.name for f in dataclasses.fields(DecodeOptions) if f.name not in ("constraint", "tool_calls")
 )
-"""The options a caller may pass per call through an adapter (``constraint`` is built by the adapters)."""
+"""The options a caller may pass per call through an adapter (``constraint`` and ``tool_calls`` are built by
+the adapters)."""
 

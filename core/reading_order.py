@@ -5,7 +5,9 @@ message) wants the answer as if it were written sequentially: branch 0 in
 full, then branch 1, and so on. `ReadingOrder` streams the lowest unfinished
 branch live and holds the others back; when a branch ends, everything the
 next one wrote so far is flushed at once. Concatenating every chunk it
-returns gives exactly `DecodeResult.text`.
+returns gives exactly `DecodeResult.raw_text` (the branch-format text);
+`pbd_core.ReadableText` orders the same way and gives the readable
+`DecodeResult.text`.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ recompute merge) is just asking the executor for a shorter context.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ from .plan_format import (
     split_sections,
 )
 from .prompting import encode
+from .repetition import RepetitionGuard, guard_tokens
+from .titles import DescriptiveTitles
 from .types import (
     BranchEndEvent,
     BranchResult,
@@ -93,6 +96,7 @@ class _Branch:
     finish: FinishReason | None = None
     body: str = ""
     body_ids: list[int] = field(default_factory=list)  # the tokens that stand for ``body`` in later contexts
+    guard: RepetitionGuard | None = None
 
 
 @dataclass
@@ -103,6 +107,7 @@ class _Segment:
     start: int
     handle: Any = None
     emitted: int = 0
+    guard: RepetitionGuard | None = None
 
 
 @dataclass
@@ -118,6 +123,8 @@ class DecodeRun:
         tokenizer, eos_token_ids, context_window: the executor's.
         executor_stats: the executor session's counters (forward passes, KV size), read at stage switches.
         prompt_ids: the rendered prompt.
+        token_constraints: whether the executor applies token constraints (`LocalExecutor`); the
+            engine's own ones (``descriptive_titles``) are used only then.
     """
 
     def __init__(
@@ -129,6 +136,7 @@ class DecodeRun:
         executor_stats: ExecutorStats,
         prompt_ids: list[int],
         options: DecodeOptions,
+        token_constraints: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.eos_ids = eos_token_ids
@@ -143,6 +151,10 @@ class DecodeRun:
         self.branches: list[BranchResult] = []
         self.blocks = 0
         self.planning = options.parallel and options.branches is None and options.constraint is None
+        # A repeat cut from a stream under a grammar would break its text: no guard there.
+        self.branch_guard = 0 if options.constraint is not None else guard_tokens(options.repetition_guard)
+        self.trunk_guard = 0 if options.constraint is not None else guard_tokens(options.trunk_repetition_guard)
+        self.title_constraint = self.planning and options.descriptive_titles and token_constraints
         self.stops = list(options.stop or [])
         if options.branches is not None:
             # The caller chose the steps: the conclusion ends where the model starts another one.
@@ -175,6 +187,8 @@ class DecodeRun:
     def _emit_trunk(self, segment: _Segment, upto: int | None = None, token_id: int | None = None) -> Run:
         text = segment.stream.text
         end = len(text) - held_back(text, self._needles()) if upto is None else upto
+        if upto is None and segment.guard is not None:  # a repeat in progress may still be cut
+            end = min(end, _held_from(segment.guard, segment.stream))
         if end > segment.emitted:
             yield TokenEvent(text[segment.emitted : end], None, self._stage, token_id)
             segment.emitted = end
@@ -234,13 +248,18 @@ class DecodeRun:
         opens a plan): they belong to the run's text but are not sampled.
         """
         segment = _Segment(TextStream(self.tokenizer, self.context[-4:]), len(self.context))
+        if self.trunk_guard:
+            segment.guard = RepetitionGuard(self.trunk_guard)
         for token in forced:
             segment.stream.push(token)
+        constraint = self.options.constraint
+        if self.title_constraint:  # keeps the titles the model plans in this run from starting with a number
+            constraint = functools.partial(DescriptiveTitles, self.tokenizer, (self.context + list(forced))[-8:])
         segment.handle = yield Decode(
             self.context + list(forced),
             max_tokens=max(1, self.budget_left),
             stop=list(self.stops),
-            constraint=self.options.constraint,
+            constraint=constraint,
         )
         search_from = 0
         if forced and self.planning:
@@ -263,6 +282,11 @@ class DecodeRun:
             hit = find_first(text, self.stops, max(0, before - max(map(len, self.stops), default=0)))
             if hit is not None:
                 return (yield from self._end_segment(segment, hit[0], "stop"))
+            if segment.guard is not None:
+                segment.guard.update(segment.stream.token_ids)
+                cut = segment.guard.cut(text, segment.stream.ends)
+                if cut is not None:
+                    return (yield from self._end_segment(segment, max(cut, segment.emitted), "repetition"))
             if self.planning and self.blocks < MAX_BLOCKS:
                 marker = text.find(STEP_MARKER, max(search_from, before - len(STEP_MARKER)))
                 if marker != -1:
@@ -326,10 +350,12 @@ class DecodeRun:
         self.context.extend(stream.token_ids[:keep] + leftover_ids)
 
         titles = [read.title]
-        listed = list(self.context) + encode(self.tokenizer, planned_entry_text(read.title))
-        listed += encode(self.tokenizer, STEP_MARKER)
+        listed = list(self.context) + self._plan_ids(titles) + encode(self.tokenizer, STEP_MARKER)
         while len(titles) < self.options.max_branches and self.budget_left > 0:
-            handle = yield Decode(listed, max_tokens=min(MAX_TITLE_TOKENS, self.budget_left))
+            titled = None
+            if self.title_constraint:  # the new title may not start with a number
+                titled = functools.partial(DescriptiveTitles, self.tokenizer, listed[-8:])
+            handle = yield Decode(listed, max_tokens=min(MAX_TITLE_TOKENS, self.budget_left), constraint=titled)
             entry = TextStream(self.tokenizer, listed[-4:])
             read = read_title("")
             for _ in range(MAX_TITLE_TOKENS):
@@ -350,13 +376,28 @@ class DecodeRun:
                 break  # "%%%%" closed the list, the entry is malformed, or the model repeats itself
             titles.append(read.title)
             # The model's own title tokens are replaced by the canonical entry.
-            entry_text = f"{render_title(read.title)}:{ELISION}"
-            listed += encode(self.tokenizer, entry_text) + encode(self.tokenizer, STEP_MARKER)
+            listed += self._plan_entry_ids(read.title, first=False) + encode(self.tokenizer, STEP_MARKER)
         return _Outcome(None, titles)
+
+    def _plan_entry_ids(self, title: str, first: bool) -> list[int]:
+        """Tokens of one title-list entry, as the plan stage writes them: the first entry with its
+        ``####``, a later one after the ``####`` that ended the entry before (encoded on its own)."""
+        if first:
+            return encode(self.tokenizer, planned_entry_text(title))
+        return encode(self.tokenizer, f"{render_title(title)}:{ELISION}")
+
+    def _plan_ids(self, titles: list[str]) -> list[int]:
+        """The title list (``####<title>: ...`` per title) as the plan stage tokenizes it, so a model's
+        own plan, already in the cache, is reused as it is (``plan_in_view``)."""
+        ids = self._plan_entry_ids(titles[0], first=True)
+        marker = encode(self.tokenizer, STEP_MARKER)
+        for title in titles[1:]:
+            ids += marker + self._plan_entry_ids(title, first=False)
+        return ids
 
     # ------------------------------------------------------------------ parallel block
 
-    def _start_branches(self, titles: list[str]) -> Run:
+    def _start_branches(self, titles: list[str], prefix: list[int]) -> Run:
         branches = []
         for slot, title in enumerate(titles):
             seed = encode(self.tokenizer, seed_text(title))
@@ -365,8 +406,9 @@ class DecodeRun:
                 slot=slot,
                 title=title,
                 seed_ids=seed,
-                context_ids=self.context + seed,
+                context_ids=prefix + seed,
                 stream=TextStream(self.tokenizer, seed),
+                guard=RepetitionGuard(self.branch_guard) if self.branch_guard else None,
             )
             branches.append(branch)
             yield BranchStartEvent(branch.index, title, self.blocks)
@@ -375,9 +417,11 @@ class DecodeRun:
 
     def _parallel_then_merge(self, titles: list[str]) -> Run:
         prefix = list(self.context)
+        if self.options.plan_in_view:  # every branch sees the whole title list before its own title
+            prefix += self._plan_ids(titles)
         yield Prefill(prefix)  # the prompt, or the text before the list: charged to the stage before
         self._enter("parallel")
-        branches = yield from self._start_branches(titles)
+        branches = yield from self._start_branches(titles, prefix)
         handle = yield DecodeBranches(
             prefix,
             [b.seed_ids for b in branches],
@@ -419,12 +463,20 @@ class DecodeRun:
         if hit is not None:
             yield from self._end_branch(handle, b, "end_marker" if hit[1] == STEP_MARKER else "stop", hit[0])
             return
+        if b.guard is not None:
+            b.guard.update(b.stream.token_ids)
+            cut = b.guard.cut(text, b.stream.ends)
+            if cut is not None:
+                yield from self._end_branch(handle, b, "repetition", max(cut, b.emitted))
+                return
         if len(b.stream.token_ids) >= self.options.max_branch_tokens or (
             len(b.context_ids) + len(b.stream.token_ids) >= self.context_window
         ):
             yield from self._end_branch(handle, b, "length", len(text))
             return
         end = len(text) - held_back(text, needles)
+        if b.guard is not None:  # a repeat in progress may still be cut
+            end = min(end, _held_from(b.guard, b.stream))
         if end > b.emitted:
             yield TokenEvent(text[b.emitted : end], b.index, "parallel", token)
             b.emitted = end
@@ -489,8 +541,13 @@ class DecodeRun:
     # ------------------------------------------------------------------ sequential baseline
 
     def _sequential_steps(self, titles: list[str]) -> Run:
-        """The paper's baseline: the same titled steps, one after another, each seeing the ones before."""
+        """The paper's baseline: the same titled steps, one after another, each seeing the ones before.
+
+        With ``plan_in_view`` the title list comes first, as in the parallel block (not part of the text).
+        """
         self._enter("parallel")
+        if self.options.plan_in_view:
+            self.context = self.context + self._plan_ids(titles)
         for title in titles:
             seed = encode(self.tokenizer, seed_text(title))
             b = _Branch(
@@ -500,6 +557,7 @@ class DecodeRun:
                 seed_ids=seed,
                 context_ids=self.context + seed,
                 stream=TextStream(self.tokenizer, seed),
+                guard=RepetitionGuard(self.branch_guard) if self.branch_guard else None,
             )
             yield BranchStartEvent(b.index, title, self.blocks)
             yield TokenEvent(seed_text(title), b.index, "parallel", None)
@@ -546,3 +604,8 @@ class DecodeRun:
             )
         return results
 
+
+def _held_from(guard: RepetitionGuard, stream: TextStream) -> int:
+    """Where a stream's text may still be cut by its repetition guard (its end when nothing is held)."""
+    held = guard.held_from(stream.text, stream.ends)
+    return len(stream.text) if held is None else held

@@ -5,7 +5,7 @@ can depend on them without importing torch-heavy modules.
 
 Reading order
 -------------
-`DecodeResult.text` is the answer as if it had been written sequentially::
+`DecodeResult.raw_text` is the answer in the branch format, as if it had been written sequentially::
 
     <text before the branches> ####<title 1>:<body 1>####<title 2>:<body 2>...####%%%%<conclusion>
 
@@ -13,11 +13,17 @@ where each title is written as `pbd_core.plan_format.render_title` renders it (a
 ``"Step 1: gather data"`` as ``Step 1： gather data``); `BranchResult.title` and
 `BranchStartEvent.title` are the caller's own text.
 
-Stream events carry the same text in fragments: every `TokenEvent` with
+`DecodeResult.text` is what a user reads (`pbd_core.readable`): the same answer with
+each step under its title line (``**<title>**``, the caller's text) and no format markers;
+an answer without branches is the same in both. ``output_format="raw"`` makes ``text``
+the format text too.
+
+Stream events carry the format text in fragments: every `TokenEvent` with
 ``branch=None`` is in reading order among themselves, and every fragment of
 branch ``i`` belongs between the ``BranchStartEvent`` and ``BranchEndEvent``
 of branch ``i``. `pbd_core.ReadingOrder` turns the event stream back into
-reading-order text chunks whose concatenation equals `DecodeResult.text`.
+reading-order text chunks whose concatenation equals `DecodeResult.raw_text`;
+`pbd_core.ReadableText` into chunks whose concatenation equals the readable `DecodeResult.text`.
 """
 
 from __future__ import annotations
@@ -25,13 +31,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
-FinishReason = Literal["stop", "eos", "length", "end_marker", "error"]
+FinishReason = Literal["stop", "eos", "length", "end_marker", "repetition", "error"]
 """Why a stream ended.
 
 - ``end_marker``: a branch reached the start of the next step (``####``); the normal end of a branch.
 - ``eos``: the model emitted its end-of-sequence token.
 - ``stop``: a caller-given stop string was produced (it is not part of the text).
 - ``length``: a token budget (``max_branch_tokens`` or ``max_new_tokens``) ran out.
+- ``repetition``: the stream started repeating itself (``repetition_guard``, `pbd_core.repetition`); the
+  repeats are cut from its text. The adapters and ``pbd serve`` report it as OpenAI's ``stop``.
 """
 
 Stage = Literal["plan", "parallel", "merge"]
@@ -49,7 +57,8 @@ class BranchResult:
     token_ids: list[int]
     """Tokens the model generated for this branch, including the token that ended it."""
     context_ids: list[int]
-    """The exact token ids this branch was conditioned on (shared prefix + its title)."""
+    """The exact token ids this branch was conditioned on (shared prefix + its title; with ``plan_in_view``,
+    shared prefix + the title list + its title)."""
     finish_reason: FinishReason
     block: int = 0
     """Index of the parallel block this branch belongs to (answers may contain several)."""
@@ -102,13 +111,22 @@ class DecodeResult:
     """The whole answer, its branches and what it cost."""
 
     text: str
+    """The answer as the user reads it: steps under their titles, no format markers (`pbd_core.readable`);
+    the same as ``raw_text`` for an answer without branches, or when decoded with ``output_format="raw"``."""
     branches: list[BranchResult]
     stats: DecodeStats
     finish_reason: FinishReason
     token_ids: list[int] = field(default_factory=list)
-    """Reading-order token ids of the answer (for plain decoding: exactly what was sampled)."""
+    """Reading-order token ids of the answer, i.e. of ``raw_text`` (for plain decoding: exactly what was sampled)."""
     parallel: bool = True
     """Whether any parallel block was decoded (False for plain decoding or when no plan was found)."""
+    raw_text: str | None = None
+    """The answer in the branch format (``####<title>:<body>...####%%%%<conclusion>``): what tools that
+    parse steps read. Left out, it is ``text``."""
+
+    def __post_init__(self) -> None:
+        if self.raw_text is None:
+            self.raw_text = self.text
 
 
 @dataclass

@@ -169,11 +169,14 @@ def _options(args) -> dict[str, Any]:
         options["max_branch_tokens"] = args.max_branch_tokens
     if args.seed is not None:
         options["seed"] = args.seed
+    if getattr(args, "raw", False):
+        options["output_format"] = "raw"
     return options
 
 
 def cmd_run(args) -> int:
     from pbd_core import BranchEndEvent, BranchStartEvent, FinalEvent, TokenEvent
+    from pbd_core.readable import ReadableEvents
 
     decoder = _load(args.model, args.dtype, _progress_enabled(args) or not args.json and sys.stderr.isatty(),
                     args.server, args.backend)
@@ -190,7 +193,14 @@ def cmd_run(args) -> int:
     live = _LiveBranches(out, live=out.isatty())
     result = None
     in_branches = False
+    # Branches show live as one line each; the text around them is written readable (no ``####%%%%``)
+    # unless --raw asks for the branch format.
+    readable = None if args.raw else ReadableEvents()
     for event in decoder.stream(messages, **options):
+        if readable is not None and isinstance(event, TokenEvent) and event.branch is None:
+            event = readable.feed(event)[0]
+        elif readable is not None:
+            readable.feed(event)
         if isinstance(event, BranchStartEvent):
             if not in_branches:
                 out.write("\n")
@@ -199,12 +209,15 @@ def cmd_run(args) -> int:
         elif isinstance(event, TokenEvent):
             if event.branch is not None:
                 live.add(event.branch, event.text)
-            else:
+            elif event.text:
+                text = event.text
                 if in_branches:
                     live.close()
                     in_branches = False
                     out.write("\n")
-                out.write(event.text)
+                    if readable is not None:
+                        text = text.lstrip("\n")  # the readable text sets the conclusion off itself
+                out.write(text)
                 out.flush()
         elif isinstance(event, BranchEndEvent):
             live.end(event.index, event.finish_reason)
@@ -222,6 +235,7 @@ def _result_json(result, seconds: float, decoder) -> dict[str, Any]:
     return {
         "model": decoder.model_name,
         "text": result.text,
+        "raw_text": result.raw_text,
         "finish_reason": result.finish_reason,
         "parallel": result.parallel,
         "branches": [{"title": b.title, "text": b.text, "finish_reason": b.finish_reason, "block": b.block,
@@ -414,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sequential", action="store_true", help="plain token-by-token decoding (the baseline)")
     run.add_argument("--temperature", type=float, default=0.0)
     run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--raw", action="store_true",
+                     help="print the branch-format text (####<title>:...####%%%%...) instead of the readable answer")
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser("bench", help="benchmark sequential, batched and parallel-branch decoding")

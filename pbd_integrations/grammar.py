@@ -282,6 +282,8 @@ def tool_call_constraint(
     *,
     response_schema: dict[str, Any] | None = None,
     string_repetition: DryPenalty | None = STRING_REPETITION,
+    max_calls: int = 1,
+    min_calls: int = 1,
 ) -> Callable[[], LLGuidanceConstraint]:
     """Factory of constraints for tool calling in the ``<tool_call>{...}</tool_call>`` format.
 
@@ -294,6 +296,9 @@ def tool_call_constraint(
             schema instead of free text (an agent's structured final answer).
         string_repetition: Loop control inside the JSON's string values (`LLGuidanceConstraint`);
             None turns it off. Free text (with ``"auto"``) is never penalised.
+        max_calls: With a required or named call: up to this many calls, one after another, each on
+            its own line (how Qwen2.5 writes several calls). 1: exactly one call.
+        min_calls: ... and at least this many (a benchmark's baseline writes exactly N calls).
     """
     functions = [tool.get("function", tool) for tool in tools]
     if not functions:
@@ -307,18 +312,38 @@ def tool_call_constraint(
             raise ValueError(f"tool_choice {tool_choice!r} is not one of the bound tools {names}")
     schema = {"anyOf": [_call_schema(f) for f in chosen]} if len(chosen) > 1 else _call_schema(chosen[0])
     schema["x-guidance"] = _JSON_OPTIONS
-    call = f"call: {json.dumps(TOOL_CALL_START)} \"\\n\" %json {json.dumps(schema)} \"\\n\" {json.dumps(TOOL_CALL_END)}"
+    start_tag, end_tag = _tag(tokenizer, TOOL_CALL_START), _tag(tokenizer, TOOL_CALL_END)
+    call = f"call: {start_tag} \"\\n\" %json {json.dumps(schema)} \"\\n\" {end_tag}"
     if tool_choice == "auto" and response_schema is not None:
         answer = dict(close_objects(response_schema), **{"x-guidance": _JSON_OPTIONS})
         start = f"start: call | answer\nanswer: %json {json.dumps(answer)}"
     elif tool_choice == "auto":
         start = 'start: call | TEXT\nTEXT: /(.|\\n)+/ & ~/(.|\\n)*<tool_call>(.|\\n)*/'
+    elif max_calls > 1:
+        start = f'start: call ("\\n" call){{{min(min_calls, max_calls) - 1},{max_calls - 1}}}'
     else:
         start = "start: call"
     import llguidance
 
     grammar = llguidance.LLMatcher.grammar_from_lark(f"{start}\n{call}\n")
     return _factory(tokenizer, grammar, string_repetition=string_repetition)
+
+
+def _tag(tokenizer: Any, text: str) -> str:
+    """Lark for a tag such as ``<tool_call>``: its text, or the model's own token for it where it has one.
+
+    Qwen2.5 writes ``<tool_call>`` as one added token (id 151657), which llguidance treats as a
+    special token: it is not the text ``"<tool_call>"`` to the grammar (its mask let it through, but
+    consuming it failed), so the grammar names it by id too (``<[151657]>``).
+    """
+    literal = json.dumps(text)
+    try:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    except Exception:  # not a Hugging Face tokenizer: the text is all there is
+        return literal
+    if len(ids) == 1 and ll_tokenizer(tokenizer).is_special_token(ids[0]):
+        return f"(<[{ids[0]}]> | {literal})"
+    return literal
 
 
 def close_objects(schema: Any) -> Any:

@@ -17,7 +17,10 @@ from transformers import GenerationConfig, PretrainedConfig
 
 from tiny_models import byte_tokenizer
 
-Script = Callable[[str], "str | None"]
+Script = Callable[[str], "str | Sequence[str] | None"]
+"""Visible text in, what to write next out: a string (its first character is the next token), a
+sequence of strings (their first characters in order of preference: the first gets logit 0, the
+next -1, ...; so a constraint that forbids the first choice gets the second), or None for EOS."""
 
 
 def rules(*pairs: tuple[str, str], leak_guard: Sequence[str] = ()) -> Script:
@@ -60,6 +63,9 @@ class ScriptedLM(torch.nn.Module):
         self.generation_config = GenerationConfig(eos_token_id=self.tokenizer.eos_token_id)
         self.vocab_size = len(self.tokenizer)
         self.calls: list[int] = []  # number of query tokens of each forward pass
+        self.complete_characters = True
+        """Finish a character that takes several tokens before asking the script again (False: the script
+        sees the half character as U+FFFD, as a real model's text would show it)."""
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=True,
                 logits_to_keep=0, **kwargs):
@@ -83,8 +89,17 @@ class ScriptedLM(torch.nn.Module):
         for out_row, row in enumerate(rows):
             seen = stored[visible[row]]
             order = torch.argsort(seen[:, 1], stable=True)
-            text = self.tokenizer.decode(seen[order, 0].tolist())
+            ids = seen[order, 0].tolist()
+            text = self.tokenizer.decode(ids)
+            partial = 0  # bytes already written of a character that takes several tokens (``：`` is 3 bytes)
+            while self.complete_characters and text.endswith("\ufffd") and partial < min(3, len(ids)):
+                partial += 1
+                text = self.tokenizer.decode(ids[:-partial])
             nxt = self.script(text)
-            token = self.tokenizer.eos_token_id if not nxt else self.tokenizer(nxt[0])["input_ids"][0]
-            logits[0, out_row, token] = 0.0
+            choices = [nxt] if isinstance(nxt, str) and nxt else [c for c in nxt or () if c]
+            if not choices:
+                logits[0, out_row, self.tokenizer.eos_token_id] = 0.0
+            for rank, choice in reversed(list(enumerate(choices))):  # the first choice wins a tie
+                pieces = self.tokenizer(choice[0])["input_ids"]  # the next byte of that character
+                logits[0, out_row, pieces[min(partial, len(pieces) - 1)]] = -float(rank)
         return SimpleNamespace(logits=logits)

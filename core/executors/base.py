@@ -86,6 +86,13 @@ class DecodeBranches:
     max_tokens: int
     stop: list[str] = field(default_factory=list)
     constraint: Any = None
+    constraints: list[Any] | None = None
+    """One constraint factory per seed (a branch under its own grammar, e.g. each tool call's arguments
+    schema); when given it replaces ``constraint``."""
+
+    def constraint_of(self, index: int) -> Any:
+        """The constraint factory of branch ``index``."""
+        return self.constraint if self.constraints is None else self.constraints[index]
 
 
 @dataclass

@@ -234,11 +234,12 @@ class LocalSession(ExecutorSession):
         block_slot, block_position = len(self.tree), self.trunk_position
         block = _Branches(block_slot, block_position, command.max_tokens, [])
         ids, branch_ids, positions, keep = [], [], [], []
-        for seed in command.seeds:
+        for index, seed in enumerate(command.seeds):
+            factory = command.constraint_of(index)
             state = _BranchState(
                 branch_id=self.next_branch_id,
                 next_position=block_position + len(seed),
-                constraint=command.constraint() if command.constraint else None,
+                constraint=factory() if factory else None,
             )
             self.next_branch_id += 1
             block.branches.append(state)

@@ -243,10 +243,10 @@ class RemoteSession(ExecutorSession):
         if isinstance(command, DecodeBranches):
             return [
                 self._start(
-                    self._body(command.prefix + seed, command.max_tokens, command.stop, command.constraint),
-                    command.constraint is not None,
+                    self._body(command.prefix + seed, command.max_tokens, command.stop, command.constraint_of(index)),
+                    command.constraint_of(index) is not None,
                 )
-                for seed in command.seeds
+                for index, seed in enumerate(command.seeds)
             ]
         if isinstance(command, EndBranch):
             self._cancel(command.streams[command.index])
@@ -293,10 +293,10 @@ class RemoteSession(ExecutorSession):
         if isinstance(command, DecodeBranches):
             return [
                 self._astart(
-                    self._body(command.prefix + seed, command.max_tokens, command.stop, command.constraint),
-                    command.constraint is not None,
+                    self._body(command.prefix + seed, command.max_tokens, command.stop, command.constraint_of(index)),
+                    command.constraint_of(index) is not None,
                 )
-                for seed in command.seeds
+                for index, seed in enumerate(command.seeds)
             ]
         if isinstance(command, EndBranch):
             command.streams[command.index].cancel()

@@ -247,7 +247,7 @@ def end_to_end(decoder: Any, model: Any, tasks: list[Task], *,
             t0 = time.perf_counter()
             result = decoder.generate(messages, parallel=parallel, merge=merge, **options)
             seconds = time.perf_counter() - t0
-            steps = {b.title: b.text for b in result.branches} or split_steps(result.text)[0]
+            steps = {b.title: b.text for b in result.branches} or split_steps(result.raw_text)[0]
             row[method] = {
                 "seconds": round(seconds, 3),
                 "generated_tokens": result.stats.generated_tokens,

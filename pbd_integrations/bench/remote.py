@@ -128,7 +128,7 @@ def run_remote_bench(
             t0 = time.perf_counter()
             result = decoder.generate(task_messages(task), parallel=parallel, **options)
             seconds = time.perf_counter() - t0
-            steps = {b.title: b.text for b in result.branches} or split_steps(result.text)[0]
+            steps = {b.title: b.text for b in result.branches} or split_steps(result.raw_text)[0]
             row[method] = {
                 "seconds": round(seconds, 3),
                 "generated_tokens": result.stats.generated_tokens,

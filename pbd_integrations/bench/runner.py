@@ -55,7 +55,7 @@ def _similarity(a: str, b: str) -> float:
 def _steps_of(result) -> dict[str, str]:
     if result.branches:
         return {b.title: b.text for b in result.branches}
-    return split_steps(result.text)[0]
+    return split_steps(result.raw_text)[0]
 
 
 def _record(task: Task, mode: str, method: str, seconds: float, mem: PeakRSS, kv_per_token: int) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def _pbd_fields(row: dict[str, Any], result, kv_per_token: int) -> None:
         parallel=result.parallel,
         branches=[{"title": b.title, "text": b.text, "finish_reason": b.finish_reason, "tokens": len(b.token_ids)}
                   for b in result.branches],
-        text=result.text,
+        text=result.raw_text,  # the branch format: `resummarize` splits its steps again
     )
 
 

@@ -51,6 +51,7 @@ from typing_extensions import Self
 from pbd_core.options import CALL_OPTION_NAMES
 from pbd_integrations.chat import json_instructions, render_chat
 from pbd_integrations.grammar import json_schema_constraint, tool_call_constraint
+from pbd_integrations.parallel_tools import tool_call_plan, wants_plan, with_penalty
 from pbd_integrations.penalties import punctuation_exemption, with_repetition_penalty
 from pbd_integrations.registry import get_decoder, get_remote_decoder
 from pbd_integrations.runner import aiterate_events, is_remote, iterate_events
@@ -64,7 +65,7 @@ BRANCH_END_EVENT = "pbd_branch_end"
 """Custom event sent when a branch ends: ``{branch, title, finish_reason, text}``."""
 
 # Call kwargs LangChain callers send that carry no meaning for a local model.
-_IGNORED_KWARGS = ("strict", "parallel_tool_calls", "stream", "streaming")
+_IGNORED_KWARGS = ("strict", "stream", "streaming")
 
 
 # --------------------------------------------------------------------------- messages
@@ -171,8 +172,11 @@ def _response_schema(response_format: dict[str, Any] | None) -> tuple[bool, dict
 def _cached_constraint(tokenizer: Any, kind: str, spec: str, tool_choice: str) -> Callable[[], Any]:
     """Grammar factories are compiled once per tokenizer and spec (compiling costs up to a second).
 
-    ``spec`` is JSON: the schema for ``kind="json"``; ``{"tools", "response_schema"}`` for ``kind="tools"``.
+    ``spec`` is JSON: the schema for ``kind="json"``; ``{"tools", "response_schema"}`` for ``kind="tools"``;
+    the tools for ``kind="tool_plan"`` (a `pbd_core.tool_plan.ToolCallPlan`: parallel tool calls).
     """
+    if kind == "tool_plan":
+        return tool_call_plan(tokenizer, json.loads(spec), tool_choice)
     if kind == "tools":
         request = json.loads(spec)
         return tool_call_constraint(tokenizer, request["tools"], tool_choice, response_schema=request["response_schema"])
@@ -196,16 +200,19 @@ def _map_finish_reason(reason: str, has_tool_calls: bool) -> str:
 class _ChunkBuilder:
     """Engine events in, LangChain chunks and custom events out (pure: no I/O, no model).
 
-    Text goes out in reading order (`pbd_core.ReadingOrder`): the first branch
-    live, later branches as soon as the ones before them end. With tools
-    bound, text that may be a tool call is held back and parsed at the end.
-    The last chunk carries usage, metadata and ``chunk_position="last"``.
+    Text goes out in reading order: the first branch live, later branches as
+    soon as the ones before them end; readable (`pbd_core.ReadableText`: each
+    step under its title, no format markers) unless ``output_format="raw"``
+    (`pbd_core.ReadingOrder`: the branch-format text). With tools bound, text
+    that may be a tool call is held back and parsed at the end (a call is the
+    model's own text, the same in both formats). The last chunk carries usage,
+    metadata (the format text in ``raw_text``) and ``chunk_position="last"``.
     """
 
-    def __init__(self, model_name: str, *, parse_tools: bool) -> None:
-        from pbd_core import ReadingOrder
+    def __init__(self, model_name: str, *, parse_tools: bool, output_format: str = "readable") -> None:
+        from pbd_core.readable import text_order
 
-        self._order = ReadingOrder()
+        self._order = text_order(output_format)
         self._splitter = ToolCallSplitter() if parse_tools else None
         self._model_name = model_name
         self._titles: dict[int, str] = {}
@@ -250,7 +257,7 @@ class _ChunkBuilder:
             except ToolCallParseError as e:
                 if result.finish_reason != "length":
                     msg = f"the model wrote a tool call that cannot be parsed: {e}"
-                    raise OutputParserException(msg, llm_output=result.text) from e
+                    raise OutputParserException(msg, llm_output=result.raw_text) from e
                 content = self._splitter.held  # cut off by the budget: the text, finish_reason "length"
         stats = result.stats
         usage = UsageMetadata(
@@ -263,6 +270,7 @@ class _ChunkBuilder:
             "finish_reason": _map_finish_reason(result.finish_reason, bool(calls)),
             "pbd_finish_reason": result.finish_reason,
             "parallel": result.parallel,
+            "raw_text": result.raw_text,
             "branches": [
                 {
                     "title": b.title,
@@ -412,6 +420,10 @@ class ChatParallelBranch(BaseChatModel):
     cache; None uses the engine's default."""
     parallel: bool = True
     """False decodes plainly, token by token (the baseline)."""
+    output_format: Literal["readable", "raw"] = "readable"
+    """``readable`` (default): the message content is the answer as a user reads it, each step under a
+    ``**<title>**`` line, no format markers; ``raw``: the branch-format text (``####<title>:...####%%%%...``).
+    Either way ``response_metadata["raw_text"]`` has the format text. Also per call: ``output_format="raw"``."""
     seed: int | None = None
     repetition_penalty: float = 1.0
     """Above 1 discourages a stream from repeating its own tokens (Hugging Face's definition).
@@ -487,6 +499,7 @@ class ChatParallelBranch(BaseChatModel):
             "max_branches": self.max_branches,
             "merge": self.merge,
             "parallel": self.parallel,
+            "output_format": self.output_format,
             "seed": self.seed,
             "repetition_penalty": self.repetition_penalty,
             "base_url": self.base_url,
@@ -519,6 +532,7 @@ class ChatParallelBranch(BaseChatModel):
             kwargs.pop(name, None)
         tools = kwargs.pop("tools", None) or None
         tool_choice = kwargs.pop("tool_choice", None)
+        parallel_tool_calls = kwargs.pop("parallel_tool_calls", None)
         wants_json, schema, described = _response_schema(kwargs.pop("response_format", None))
         options: dict[str, Any] = {
             "max_new_tokens": kwargs.pop("max_tokens", self.max_tokens),
@@ -529,6 +543,7 @@ class ChatParallelBranch(BaseChatModel):
             "top_k": self.top_k,
             "seed": self.seed,
             "parallel": self.parallel,
+            "output_format": self.output_format,
             "stop": self._stop_strings(stop),
         }
         if self.merge is not None:
@@ -551,6 +566,10 @@ class ChatParallelBranch(BaseChatModel):
             response_schema = (schema or {"type": "object"}) if wants_json else None
             spec = json.dumps({"tools": tools, "response_schema": response_schema})
             options["constraint"] = _cached_constraint(decoder.tokenizer, "tools", spec, choice)
+            if wants_plan(choice, parallel_tool_calls, response_schema=response_schema):
+                # Several calls: planned as titles, each call's arguments a branch (`pbd_core.tool_plan`).
+                plan = _cached_constraint(decoder.tokenizer, "tool_plan", json.dumps(tools), choice)
+                options["tool_calls"] = with_penalty(plan, self.repetition_penalty, _punctuation_exemption(decoder.tokenizer))
         elif wants_json:
             spec = json.dumps(schema or {"type": "object"})
             options["constraint"] = _cached_constraint(decoder.tokenizer, "json", spec, "")
@@ -572,7 +591,7 @@ class ChatParallelBranch(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         run_id = kwargs.pop(_RUN_ID_KWARG, None)
         prompt, options, parse_tools = self._request(messages, stop, **kwargs)
-        builder = _ChunkBuilder(self.decoder.model_name, parse_tools=parse_tools)
+        builder = _ChunkBuilder(self.decoder.model_name, parse_tools=parse_tools, output_format=options["output_format"])
         target = _event_target(CallbackManager, run_manager, run_id)
         for event in iterate_events(self.decoder, prompt, options):
             chunks, custom = builder.feed(event)
@@ -597,7 +616,7 @@ class ChatParallelBranch(BaseChatModel):
             prompt, options, parse_tools = self._request(messages, stop, **kwargs)
         else:  # the first call loads the weights: off the event loop
             prompt, options, parse_tools = await asyncio.to_thread(self._request, messages, stop, **kwargs)
-        builder = _ChunkBuilder(self.decoder.model_name, parse_tools=parse_tools)
+        builder = _ChunkBuilder(self.decoder.model_name, parse_tools=parse_tools, output_format=options["output_format"])
         target = _event_target(AsyncCallbackManager, run_manager, run_id)
         async for event in aiterate_events(self.decoder, prompt, options):
             chunks, custom = builder.feed(event)
@@ -664,6 +683,7 @@ class ChatParallelBranch(BaseChatModel):
         tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
         *,
         tool_choice: dict | str | bool | None = None,
+        parallel_tool_calls: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
         """Bind tools the model may call.
@@ -671,11 +691,16 @@ class ChatParallelBranch(BaseChatModel):
         Args:
             tools: Dicts, pydantic classes, functions or `BaseTool`s (converted with `convert_to_openai_tool`).
             tool_choice: ``"auto"`` (default: text or one call), ``"any"``/``"required"``/``True``
-                (one call), ``"none"`` (no calls), or a tool name (a call to that tool). Calls are
-                decoded under a grammar, so their arguments always match the tool's schema.
+                (one call or more), ``"none"`` (no calls), or a tool name (calls to that tool). Calls
+                are decoded under a grammar, so their arguments always match the tool's schema.
+            parallel_tool_calls: With a required call: ``None``/``True`` (default) lets the model make
+                several independent calls in one message, planned as titles and decoded as parallel
+                branches (`pbd_core.tool_plan`); ``False``: at most one call.
         """
         formatted = [convert_to_openai_tool(tool) for tool in tools]
         choice = _normalize_tool_choice(tool_choice, [t["function"]["name"] for t in formatted])
+        if parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = parallel_tool_calls
         return super().bind(tools=formatted, tool_choice=choice, **kwargs)
 
     def with_structured_output(
@@ -706,7 +731,9 @@ class ChatParallelBranch(BaseChatModel):
         format_info = {"kwargs": {"method": method}, "schema": schema}
         if method == "function_calling":
             tool_name = convert_to_openai_tool(schema)["function"]["name"]
-            llm = self.bind_tools([schema], tool_choice=tool_name, ls_structured_output_format=format_info)
+            llm = self.bind_tools(
+                [schema], tool_choice=tool_name, parallel_tool_calls=False, ls_structured_output_format=format_info
+            )
             parser: Runnable = (
                 PydanticToolsParser(tools=[schema], first_tool_only=True)
                 if is_pydantic

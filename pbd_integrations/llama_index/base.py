@@ -15,6 +15,7 @@ model computes. ``complete*`` are delegations to ``chat*``.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -44,6 +45,7 @@ from pbd_core import DecodeOptions, RawPrompt
 from pbd_core.options import CALL_OPTION_NAMES
 
 from ..chat import render_chat
+from ..parallel_tools import cached_tool_call_plan, wants_plan, with_penalty
 from ..penalties import with_repetition_penalty
 from ..registry import get_decoder, get_remote_decoder
 from ..runner import aiterate_events, is_remote, iterate_events
@@ -111,9 +113,34 @@ class ParallelBranchLLM(FunctionCallingLLM):
         description="How decoding continues after the branches: re-encode them (default) or keep their KV.",
     )
     parallel: bool = Field(default=True, description="False decodes plainly, token by token (the baseline).")
+    output_format: Literal["readable", "raw"] = Field(
+        default="readable",
+        description=(
+            'What the message content holds: "readable" (default) the answer as a user reads it, each step '
+            'under a **<title>** line, no format markers; "raw" the branch-format text (####<title>:...####%%%%...). '
+            'raw["raw_text"] always has the format text.'
+        ),
+    )
     force_plan: bool = Field(
         default=False,
         description="The engine starts the answer with a step list ('####'), for models that ignore the format.",
+    )
+    repetition_guard: bool | int = Field(
+        default=True,
+        description=(
+            "End a branch that repeats itself (finish_reason 'repetition', the repeats cut): True = 32 repeated "
+            "tokens, or a line written twice in a row; an int sets the token count; False turns it off."
+        ),
+    )
+    trunk_repetition_guard: bool | int = Field(
+        default=False, description="The same guard for the text outside branches (intro, plan, conclusion)."
+    )
+    plan_in_view: bool = Field(
+        default=False, description="Every branch sees the whole title list before its own title."
+    )
+    descriptive_titles: bool = Field(
+        default=False,
+        description="While the model plans, a title may not start with a number or 'Step'/'Part' (in-process models).",
     )
     repetition_penalty: float = Field(
         default=1.0,
@@ -196,6 +223,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
         tools = kwargs.pop("tools", None) or None
         tool_required = bool(kwargs.pop("tool_required", False))
         tool_choice = kwargs.pop("tool_choice", None)
+        parallel_tool_calls = kwargs.pop("parallel_tool_calls", None)
         if "max_tokens" in kwargs:
             kwargs.setdefault("max_new_tokens", kwargs.pop("max_tokens"))
         stop = kwargs.pop("stop", None)
@@ -221,7 +249,14 @@ class ParallelBranchLLM(FunctionCallingLLM):
             forced = tool_required or tool_choice not in (None, "auto")
             choice = (tool_choice if tool_choice not in (None, "auto") else "required") if forced else "auto"
             options["constraint"] = tool_call_constraint(decoder.tokenizer, tools, choice)
-            if forced:  # the answer is the call itself: no branch plan around it
+            if forced and wants_plan(choice, parallel_tool_calls):
+                # Several calls: planned as titles, each call's arguments a branch (`pbd_core.tool_plan`);
+                # branches given for this call are call titles (the LLM's own are prose steps).
+                plan = cached_tool_call_plan(decoder.tokenizer, json.dumps(tools), choice)
+                options["tool_calls"] = with_penalty(plan, penalty)
+                options["branches"] = kwargs.get("branches")
+                options["force_plan"] = False
+            elif forced:  # the answer is the call itself: no branch plan around it
                 options["parallel"] = False
                 options["force_plan"] = False
         penalized = with_repetition_penalty(penalty, options.get("constraint"))
@@ -234,7 +269,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
         decoder = self.decoder
 
         def gen() -> Iterator[ChatResponse]:
-            stream = ResponseStream(model_name=decoder.model_name, tools=tools)
+            stream = ResponseStream(model_name=decoder.model_name, tools=tools, output_format=options["output_format"])
             for event in iterate_events(decoder, prompt, options):
                 yield from stream.feed(event)
 
@@ -282,7 +317,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
         decoder = self.decoder
 
         async def gen() -> ChatResponseAsyncGen:
-            stream = ResponseStream(model_name=decoder.model_name, tools=tools)
+            stream = ResponseStream(model_name=decoder.model_name, tools=tools, output_format=options["output_format"])
             async for event in aiterate_events(decoder, prompt, options):
                 for chunk in stream.feed(event):
                     yield chunk
@@ -334,6 +369,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
             "tools": specs or None,
             "tool_required": tool_required,
             "tool_choice": tool_choice,
+            "parallel_tool_calls": allow_parallel_tool_calls,
             **kwargs,
         }
 

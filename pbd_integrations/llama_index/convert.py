@@ -24,7 +24,8 @@ from llama_index.core.base.llms.types import (
     ToolCallBlock,
 )
 from llama_index.core.llms.llm import ToolSelection
-from pbd_core import DecodeResult, FinalEvent, ReadingOrder, StreamEvent
+from pbd_core import DecodeResult, FinalEvent, ReadableText, ReadingOrder, StreamEvent
+from pbd_core.readable import text_order
 
 from ..tool_calls import ParsedToolCall, ToolCallParseError, ToolCallSplitter
 
@@ -109,6 +110,7 @@ def result_raw(result: DecodeResult, model_name: str) -> dict[str, Any]:
             "total_tokens": prompt_tokens + completion_tokens,
         },
         "parallel": result.parallel,
+        "raw_text": result.raw_text,
         "branches": [
             {"title": b.title, "text": b.text, "finish_reason": b.finish_reason, "block": b.block}
             for b in result.branches
@@ -121,8 +123,11 @@ def result_raw(result: DecodeResult, model_name: str) -> dict[str, Any]:
 class ResponseStream:
     """Turns engine events into cumulative `ChatResponse` chunks.
 
-    Text is released in reading order (`pbd_core.ReadingOrder`), so the deltas
-    of all chunks add up to the final message's content. With ``tools`` the
+    Text is released in reading order, so the deltas of all chunks add up to
+    the final message's content: readable (`pbd_core.ReadableText`: each step
+    under its title, no format markers) unless ``output_format="raw"``
+    (`pbd_core.ReadingOrder`: the branch-format text, which ``raw["raw_text"]``
+    always has). With ``tools`` the
     text goes through `ToolCallSplitter`: a tool call is never shown as
     content, and the final chunk carries the calls as `ToolCallBlock`s. A
     call whose JSON cannot be read stays in the content as the model wrote it
@@ -133,10 +138,14 @@ class ResponseStream:
 
     model_name: str
     tools: bool = False
-    _order: ReadingOrder = field(default_factory=ReadingOrder)
+    output_format: str = "readable"
+    _order: ReadableText | ReadingOrder = field(init=False, repr=False)
     _splitter: ToolCallSplitter = field(default_factory=ToolCallSplitter)
     _content: str = ""
     _text: str = ""  # everything in reading order, tool calls included
+
+    def __post_init__(self) -> None:
+        self._order = text_order(self.output_format)
 
     def feed(self, event: StreamEvent) -> list[ChatResponse]:
         """Chunks for one event: none, one with new text, or the final one."""

@@ -218,7 +218,8 @@ def create_app(decoder: Any, *, model_name: str | None = None) -> FastAPI:
         served.check(body.model)
         call = await asyncio.to_thread(protocol.chat_call, decoder, body)
         include_usage = not body.stream or bool(body.stream_options and body.stream_options.include_usage)
-        chunks = protocol.ChatChunks(served.name, parse_tools=call.parse_tools, include_usage=include_usage)
+        chunks = protocol.ChatChunks(served.name, parse_tools=call.parse_tools, include_usage=include_usage,
+                                     output_format=body.output_format or "readable")
         return await decode(request, call, chunks, body.stream, "messages")
 
     @app.post("/v1/completions")
@@ -229,7 +230,7 @@ def create_app(decoder: Any, *, model_name: str | None = None) -> FastAPI:
         chunks = protocol.CompletionChunks(
             served.name, decoder.tokenizer, sampled=call.sampled, stops=call.stops, context_ids=call.prompt_ids,
             return_token_ids=body.return_token_ids, include_stop=body.include_stop_str_in_output,
-            include_usage=include_usage,
+            include_usage=include_usage, output_format=body.output_format or "readable",
         )
         return await decode(request, call, chunks, body.stream, "prompt")
 

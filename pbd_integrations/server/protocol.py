@@ -5,7 +5,9 @@ Everything here is free of I/O, so it is tested without a socket:
 - **Requests** are pydantic models (`ChatCompletionRequest`, `CompletionRequest`). Standard
   fields follow OpenAI; the engine's options ride along as extension fields of the same
   name (``branches``, ``max_branch_tokens``, ``max_branches``, ``merge``, ``parallel``,
-  ``force_plan``, ``top_k``, ``repetition_penalty``); vLLM's completion extensions that
+  ``force_plan``, ``top_k``, ``repetition_penalty``, ``output_format``: ``"readable"``, the default,
+  or ``"raw"`` for the branch-format text; ``repetition_guard``, ``trunk_repetition_guard``,
+  ``plan_in_view``, ``descriptive_titles``); vLLM's completion extensions that
   `pbd_core.executors.remote` sends are honoured (``return_token_ids``,
   ``include_stop_str_in_output``, ``structured_outputs``, ``skip_special_tokens``).
   Unknown fields are ignored, as vLLM does; unsupported values of known fields
@@ -17,7 +19,7 @@ Everything here is free of I/O, so it is tested without a socket:
   and one grammar per request, whichever adapter sends it. Bad input raises `APIError`
   (a 4xx) naming the field.
 - **`ChatChunks` / `CompletionChunks`** turn engine events into OpenAI stream chunks
-  (reading-order text, tool calls parsed by `pbd_integrations.tool_calls.ToolCallSplitter`,
+  (reading-order text, readable unless the request asks for raw, tool calls parsed by `pbd_integrations.tool_calls.ToolCallSplitter`,
   a finish chunk, a usage chunk); a non-streamed response is `aggregate_chat` /
   `aggregate_completion` of the same chunks, so both say the same by construction.
   Branch progress travels in a top-level ``"pbd"`` field that OpenAI clients ignore::
@@ -52,10 +54,11 @@ from pbd_core import (
     DecodeOptions,
     FinalEvent,
     RawPrompt,
-    ReadingOrder,
     TokenEvent,
     TokenIds,
 )
+
+from pbd_core.readable import text_order
 
 from ..chat import json_instructions, render_chat
 from ..penalties import punctuation_exemption, with_repetition_penalty
@@ -181,6 +184,13 @@ class _Request(BaseModel):
     force_plan: bool | None = None
     top_k: int | None = Field(default=None, ge=0)
     repetition_penalty: float | None = Field(default=None, gt=0)
+    repetition_guard: bool | int | None = Field(default=None, ge=0)
+    trunk_repetition_guard: bool | int | None = Field(default=None, ge=0)
+    plan_in_view: bool | None = None
+    descriptive_titles: bool | None = None
+    output_format: Literal["readable", "raw"] | None = None
+    """What ``content``/``text`` holds: the answer as a user reads it (each step under a ``**<title>**`` line,
+    no format markers; the default), or ``raw``: the branch-format text (``####<title>:...####%%%%...``)."""
 
     @field_validator("n")
     @classmethod
@@ -421,7 +431,8 @@ def _options(request: _Request, max_tokens: int | None) -> dict[str, Any]:
     if max_tokens is not None:
         options["max_new_tokens"] = max_tokens
     for name in ("temperature", "top_p", "top_k", "seed", "branches", "max_branch_tokens", "max_branches",
-                 "merge", "parallel", "force_plan"):
+                 "merge", "parallel", "force_plan", "output_format", "repetition_guard", "trunk_repetition_guard",
+                 "plan_in_view", "descriptive_titles"):
         value = getattr(request, name)
         if value is not None:
             options[name] = value
@@ -691,8 +702,10 @@ def _progress(event: Any) -> dict[str, Any] | None:
 class ChatChunks:
     """Engine events in, ``chat.completion.chunk`` dicts out.
 
-    Text goes out in reading order (`pbd_core.ReadingOrder`): the first branch live, later
-    ones as the earlier ones end. With tools, text that may be a call is held back by
+    Text goes out in reading order, the first branch live, later ones as the earlier ones end:
+    readable (`pbd_core.ReadableText`: each step under its title, no format markers) unless
+    the request asks for ``output_format="raw"`` (`pbd_core.ReadingOrder`: the branch-format
+    text; the ``pbd`` branch events carry that text either way). With tools, text that may be a call is held back by
     `ToolCallSplitter` and the calls go out as one ``tool_calls`` delta at the end. The
     finish chunk carries ``finish_reason`` and the ``pbd`` summary; with ``include_usage``
     a last chunk with no choices carries ``usage``.
@@ -700,12 +713,12 @@ class ChatChunks:
 
     def __init__(self, model: str, *, parse_tools: bool = False, include_usage: bool = False,
                  completion_id: str | None = None, created: int | None = None,
-                 id_factory: Callable[[], str] = new_tool_call_id) -> None:
+                 id_factory: Callable[[], str] = new_tool_call_id, output_format: str = "readable") -> None:
         self.id = completion_id or new_id("chatcmpl")
         self.created = int(time.time()) if created is None else created
         self.model = model
         self.include_usage = include_usage
-        self._order = ReadingOrder()
+        self._order = text_order(output_format)
         self._splitter = ToolCallSplitter(id_factory=id_factory) if parse_tools else None
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None, pbd: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -793,12 +806,14 @@ class CompletionChunks:
     sampled up to its text's token (``return_token_ids``), the finish chunk the rest (EOS
     included), and a stop string is named in ``stop_reason`` and, with
     ``include_stop_str_in_output``, written out. ``context_ids`` are the last prompt ids,
-    so the stop string is read from the same text the engine matched it in.
+    so the stop string is read from the same text the engine matched it in. Text is readable
+    or raw as in `ChatChunks` (a plain decode's text is the same either way, chunk for chunk).
     """
 
     def __init__(self, model: str, tokenizer: Any, *, sampled: list[int] | None = None, stops: list[str] = (),
                  context_ids: list[int] = (), return_token_ids: bool = False, include_stop: bool = False,
-                 include_usage: bool = False, completion_id: str | None = None, created: int | None = None) -> None:
+                 include_usage: bool = False, completion_id: str | None = None, created: int | None = None,
+                 output_format: str = "readable") -> None:
         self.id = completion_id or new_id("cmpl")
         self.created = int(time.time()) if created is None else created
         self.model = model
@@ -810,7 +825,7 @@ class CompletionChunks:
         self._context = list(context_ids)[-4:]
         self._return_ids = return_token_ids
         self._include_stop = include_stop
-        self._order = ReadingOrder()
+        self._order = text_order(output_format)
 
     def _chunk(self, text: str, ids: list[int] | None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
@@ -856,7 +871,7 @@ class CompletionChunks:
         stream = TextStream(self._tokenizer, self._context)
         for token in self._sampled:
             stream.push(token)
-        end = len(result.text)
+        end = len(result.raw_text)
         for stop in self._stops:
             if stream.text.startswith(stop, end):
                 return stop

@@ -185,7 +185,7 @@ def test_titles_with_delimiters_keep_branches_exact(arch, merge):
     assert result.stats.stage_forward_passes["parallel"] == max(len(b.token_ids) for b in result.branches)
     # Reading order holds the rendered headers, one per branch, in order.
     headers = [seed_text(t) for t in TITLES]
-    positions = [result.text.index(h) for h in headers]
+    positions = [result.raw_text.index(h) for h in headers]
     assert positions == sorted(positions)
 
 
@@ -203,7 +203,7 @@ def test_events_carry_the_callers_titles_and_the_text_the_rendered_headers():
     order = ReadingOrder()
     text = "".join(piece for e in events for piece in order.feed(e))
     result = events[-1].result
-    assert isinstance(events[-1], FinalEvent) and text == result.text
+    assert isinstance(events[-1], FinalEvent) and text == result.raw_text
     assert [b.title for b in result.branches] == TITLES
 
 
@@ -217,7 +217,8 @@ def test_the_model_sees_the_rendered_title_and_branches_stay_apart():
     decoder = ParallelBranchDecoder(model, model.tokenizer)
     result = decoder.generate("Q", branches=titles, max_branch_tokens=20, max_new_tokens=60)
     assert [(b.title, b.text) for b in result.branches] == [(titles[0], " got it."), (titles[1], " clean.")]
-    assert "####Step 1： gather data: got it.\n####Step 2： clean it: clean.\n####%%%%\n" in result.text
+    assert "####Step 1： gather data: got it.\n####Step 2： clean it: clean.\n####%%%%\n" in result.raw_text
+    assert result.text == "**Step 1: gather data**\n\ngot it.\n\n**Step 2: clean it**\n\nclean."  # what a user reads
 
 
 def test_sequential_mode_writes_the_same_headers_and_is_exact():
@@ -239,7 +240,7 @@ def test_sequential_mode_writes_the_same_headers_and_is_exact():
     assert sequential.branches[0].token_ids == parallel.branches[0].token_ids
     headers = [seed_text(t) for t in TITLES]
     for answer in (parallel, sequential):
-        positions = [answer.text.index(h) for h in headers]
+        positions = [answer.raw_text.index(h) for h in headers]
         assert positions == sorted(positions)
 
 

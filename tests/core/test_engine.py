@@ -43,7 +43,7 @@ def test_model_planned_branches_are_decoded_in_parallel_and_merged(merge):
     decoder = decoder_for(*PLAN, *FRUIT_BODIES, ("####%%%%", "\nDone."))
     events = list(decoder.stream(RawPrompt("Q\n"), merge=merge))
     result = events[-1].result
-    assert result.text == EXPECTED
+    assert result.raw_text == EXPECTED
     assert result.parallel and result.finish_reason == "eos"
     assert [(b.title, b.text, b.finish_reason) for b in result.branches] == [
         ("Apples", " red.\n", "end_marker"),
@@ -53,7 +53,7 @@ def test_model_planned_branches_are_decoded_in_parallel_and_merged(merge):
     assert result.stats.max_live_branches == 3
     # One pass per token of the longest branch (its end marker included).
     assert result.stats.stage_forward_passes["parallel"] == max(len(b.token_ids) for b in result.branches)
-    assert reading_order_text(events) == result.text
+    assert reading_order_text(events) == result.raw_text
 
 
 def test_branch_events_carry_every_branch_token_with_its_index():
@@ -79,7 +79,7 @@ def test_kv_cache_holds_one_prefix_plus_titles_plus_branch_tokens():
 def test_recompute_merge_reencodes_the_branches_as_sequential_text():
     decoder = decoder_for(*FRUIT_BODIES, ("####%%%%", ""))
     result = decoder.generate(RawPrompt("Q\n"), branches=FRUIT, merge="recompute")
-    assert result.stats.kv_tokens == result.stats.prompt_tokens + len(result.text)
+    assert result.stats.kv_tokens == result.stats.prompt_tokens + len(result.raw_text)
     # At its longest the cache held the prefix, every title and every branch token written (before the merge).
     titles = sum(len(f"####{t}:") for t in FRUIT)
     assert result.stats.peak_kv_tokens >= result.stats.prompt_tokens + titles + sum(len(b.token_ids) - 1 for b in result.branches)
@@ -94,7 +94,7 @@ def test_caller_branches_sequentially_each_step_sees_the_ones_before():
         leak_guard=(),
     )
     result = decoder.generate(RawPrompt("Q\n"), branches=FRUIT, parallel=False)
-    assert result.text == "####Apples: red.\n####Bananas: after apples.\n####Cherries: last.\n####%%%%\nDone."
+    assert result.raw_text == "####Apples: red.\n####Bananas: after apples.\n####Cherries: last.\n####%%%%\nDone."
     assert [b.text for b in result.branches] == [" red.\n", " after apples.\n", " last.\n"]
     assert not result.parallel and result.stats.max_live_branches == 0
     assert result.branches[1].context_ids[-len("####Bananas:") :] == decoder.tokenizer("####Bananas:")["input_ids"]
@@ -103,11 +103,11 @@ def test_caller_branches_sequentially_each_step_sees_the_ones_before():
 def test_plain_decoding_fills_branches_from_the_steps_it_wrote():
     decoder = decoder_for(("Q\n", "####A: one\n####B: two\n####%%%%\nEnd"), leak_guard=())
     result = decoder.generate(RawPrompt("Q\n"), parallel=False)
-    assert result.text == "####A: one\n####B: two\n####%%%%\nEnd"
+    assert result.raw_text == "####A: one\n####B: two\n####%%%%\nEnd"
     assert [(b.title, b.text) for b in result.branches] == [("A", " one\n"), ("B", " two\n")]
     # The prefill, then one pass per text token; the final EOS is sampled but never fed.
-    assert result.stats.forward_passes == 1 + len(result.text)
-    assert result.stats.generated_tokens == len(result.text) + 1
+    assert result.stats.forward_passes == 1 + len(result.raw_text)
+    assert result.stats.generated_tokens == len(result.raw_text) + 1
 
 
 def test_two_parallel_blocks_in_one_answer():
@@ -126,7 +126,7 @@ def test_two_parallel_blocks_in_one_answer():
         leak_guard=(),
     )
     result = decoder.generate(RawPrompt("Q\n"), merge="recompute")
-    assert result.text == "####A: a.\n####B: b.\n####%%%%\nThen:\n####C: c.\n####D: d.\n####%%%%\nEnd."
+    assert result.raw_text == "####A: a.\n####B: b.\n####%%%%\nThen:\n####C: c.\n####D: d.\n####%%%%\nEnd."
     assert [(b.title, b.block) for b in result.branches] == [("A", 0), ("B", 0), ("C", 1), ("D", 1)]
 
 
@@ -142,7 +142,7 @@ def test_two_parallel_blocks_in_one_answer():
 def test_malformed_plans_degrade_to_sequential_decoding_without_losing_text(written):
     decoder = decoder_for(("Q\n", written), leak_guard=())
     result = decoder.generate(RawPrompt("Q\n"))
-    assert result.text == written
+    assert result.raw_text == written
     assert result.branches == [] and not result.parallel
 
 
@@ -169,7 +169,7 @@ def test_stop_string_spanning_tokens_ends_the_answer_and_is_not_in_the_text():
     decoder = decoder_for(("Q\n", "Answer: 42 STOP and more"), leak_guard=())
     events = list(decoder.stream(RawPrompt("Q\n"), stop=["STOP"]))
     result = events[-1].result
-    assert result.text == "Answer: 42 " and result.finish_reason == "stop"
+    assert result.raw_text == "Answer: 42 " and result.finish_reason == "stop"
     assert "".join(e.text for e in events if isinstance(e, TokenEvent)) == "Answer: 42 "
 
 
@@ -182,14 +182,14 @@ def test_stop_string_in_a_branch_ends_only_that_branch():
     )
     result = decoder.generate(RawPrompt("Q\n"), branches=["Apples", "Bananas"], stop=["END"])
     assert [(b.text, b.finish_reason) for b in result.branches] == [(" red. ", "stop"), (" yellow.\n", "end_marker")]
-    assert result.text.endswith("####%%%%\nDone.")
+    assert result.raw_text.endswith("####%%%%\nDone.")
 
 
 def test_branch_budget_ends_a_branch_with_length_and_the_merge_still_sees_it():
     decoder = decoder_for(("####Apples:", " a very long body\n####"), ("####%%%%", "\nDone."), leak_guard=())
     result = decoder.generate(RawPrompt("Q\n"), branches=["Apples"], max_branch_tokens=5)
     assert result.branches[0].finish_reason == "length" and result.branches[0].text == " a ve"
-    assert result.text == "####Apples: a ve\n####%%%%\nDone."
+    assert result.raw_text == "####Apples: a ve\n####%%%%\nDone."
 
 
 def test_total_budget_is_never_exceeded():
@@ -229,14 +229,14 @@ def test_force_plan_writes_the_first_marker_so_the_model_only_lists_titles():
     )
     assert decoder.generate(RawPrompt("Q\n")).text == ""
     result = decoder.generate(RawPrompt("Q\n"), force_plan=True)
-    assert result.text == "####Apples: red.\n####Bananas: long and yellow.\n####%%%%\nDone."
+    assert result.raw_text == "####Apples: red.\n####Bananas: long and yellow.\n####%%%%\nDone."
     assert result.parallel
 
 
 def test_force_plan_with_plain_decoding_starts_the_answer_with_the_same_marker():
     decoder = decoder_for(("Q\n####", "A: one\n####%%%%\nEnd"), leak_guard=())
     result = decoder.generate(RawPrompt("Q\n"), force_plan=True, parallel=False)
-    assert result.text == "####A: one\n####%%%%\nEnd"
+    assert result.raw_text == "####A: one\n####%%%%\nEnd"
     assert [(b.title, b.text) for b in result.branches] == [("A", " one\n")]
 
 
@@ -249,14 +249,14 @@ def test_after_caller_given_steps_a_new_step_in_the_conclusion_ends_the_answer(p
         leak_guard=(),
     )
     result = decoder.generate(RawPrompt("Q\n"), branches=["Apples", "Bananas"], parallel=parallel)
-    assert result.text.endswith("####%%%%\nBoth are fruit.\n")
+    assert result.raw_text.endswith("####%%%%\nBoth are fruit.\n")
     assert result.finish_reason == "stop"
 
 
 def test_recompute_is_the_default_merge():
     decoder = decoder_for(*FRUIT_BODIES, ("####%%%%", ""))
     result = decoder.generate(RawPrompt("Q\n"), branches=FRUIT)
-    assert result.stats.kv_tokens == result.stats.prompt_tokens + len(result.text)  # one sequential text
+    assert result.stats.kv_tokens == result.stats.prompt_tokens + len(result.raw_text)  # one sequential text
 
 
 def test_a_repeated_title_ends_the_plan():
@@ -275,4 +275,4 @@ def test_a_repeated_title_ends_the_plan():
 def test_the_engine_closes_a_block_on_its_own_line():
     decoder = decoder_for(*FRUIT_BODIES[:1], ("####%%%%\n", "Done."), leak_guard=())
     result = decoder.generate(RawPrompt("Q\n"), branches=["Apples"])
-    assert result.text == "####Apples: red.\n####%%%%\nDone."
+    assert result.raw_text == "####Apples: red.\n####%%%%\nDone."

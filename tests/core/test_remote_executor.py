@@ -42,7 +42,7 @@ def remote_decoder(server: FakeServer) -> ParallelBranchDecoder:
 
 
 def summary(result):
-    return result.text, [(b.title, b.text, b.finish_reason) for b in result.branches], result.finish_reason
+    return result.text, result.raw_text, [(b.title, b.text, b.finish_reason) for b in result.branches], result.finish_reason
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_branches_are_requests_on_one_token_identical_prefix():
         assert request["return_token_ids"] is True and request["stream"] is True
     # The merge is one completion of prefix + branches in reading order + the close marker.
     merge = server.requests[-1]
-    assert server.tokenizer.decode(merge["prompt"]) == "Q\n" + result.text[: result.text.index("%%%%") + 5]
+    assert server.tokenizer.decode(merge["prompt"]) == "Q\n" + result.raw_text[: result.raw_text.index("%%%%") + 5]
 
 
 def test_async_decoding_gives_the_same_answer_without_threads(monkeypatch):

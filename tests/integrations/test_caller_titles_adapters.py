@@ -45,7 +45,8 @@ def test_langchain_metadata_and_branch_events_keep_the_callers_titles():
     llm = ChatParallelBranch(model=scripted_decoder(), max_tokens=60, max_branch_tokens=20)
     message = llm.invoke("Q", branches=TITLES, config={"callbacks": [handler]})
     assert [b["title"] for b in message.response_metadata["branches"]] == TITLES
-    assert f"####{RENDERED[0]}:{BODIES[0]}\n####{RENDERED[1]}:{BODIES[1]}\n" in message.content
+    assert f"####{RENDERED[0]}:{BODIES[0]}\n####{RENDERED[1]}:{BODIES[1]}\n" in message.response_metadata["raw_text"]
+    assert message.content.startswith(f"**{TITLES[0]}**\n\n{BODIES[0].strip()}\n\n**{TITLES[1]}**")
     starts = [d["title"] for n, d in handler.events if n == BRANCH_START_EVENT]
     ends = {d["title"]: d["text"] for n, d in handler.events if n == BRANCH_END_EVENT}
     tokens = {d["title"] for n, d in handler.events if n == BRANCH_TOKEN_EVENT}
@@ -59,7 +60,8 @@ def test_llama_index_raw_branches_keep_the_callers_titles():
     llm = ParallelBranchLLM(model=scripted_decoder(), max_tokens=60, max_branch_tokens=20, branches=TITLES)
     response = llm.complete("Q")
     assert [(b["title"], b["text"]) for b in response.raw["branches"]] == list(zip(TITLES, BODIES))
-    assert f"####{RENDERED[0]}:{BODIES[0]}" in response.text
+    assert f"####{RENDERED[0]}:{BODIES[0]}" in response.raw["raw_text"]
+    assert f"**{TITLES[0]}**\n\n{BODIES[0].strip()}" in response.text  # the reader sees the caller's title
     per_call = llm.complete("Q", branches=["Only: this"])  # a per-call title with ':' validates too
     assert [b["title"] for b in per_call.raw["branches"]] == ["Only: this"]
 
@@ -96,6 +98,8 @@ def test_cli_json_keeps_the_callers_titles(monkeypatch, capsys):
     assert code == 0, err
     doc = json.loads(out)
     assert [(b["title"], b["text"]) for b in doc["branches"]] == list(zip(TITLES, BODIES))
+    assert doc["text"].startswith(f"**{TITLES[0]}**") and "####" not in doc["text"]
+    assert doc["raw_text"].startswith(f"####{RENDERED[0]}:")
 
 
 def test_cli_text_shows_each_title_once_with_its_body(monkeypatch, capsys):
@@ -103,6 +107,9 @@ def test_cli_text_shows_each_title_once_with_its_body(monkeypatch, capsys):
     assert code == 0, err
     # The caller's title, then the body without the rendered ``####...:`` header the engine streamed first.
     assert f"[0] {TITLES[0]}:{BODIES[0]}\n" in out and f"[1] {TITLES[1]}:{BODIES[1]}\n" in out
+    assert "####" not in out  # no close marker after the branches
+    _, raw, _ = _cli(monkeypatch, capsys, "--raw")
+    assert "####%%%%" in raw
 
 
 def test_cli_refuses_only_a_title_with_nothing_to_write(monkeypatch, capsys):

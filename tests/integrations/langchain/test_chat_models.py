@@ -66,14 +66,19 @@ def test_stream_chunks_add_up_to_invoke() -> None:
     chunks = list(model.stream("Compare pets."))
     message = model.invoke("Compare pets.")
     assert "".join(c.content for c in chunks) == message.content
-    assert message.content == "Plan:####Cats: purr a lot####Dogs: bark####Fish: swim quietly####%%%%Both fine."
+    # Readable: each step under its title, no format markers; the format text stays in the metadata.
+    assert message.content == "Plan:\n\n**Cats**\n\npurr a lot\n\n**Dogs**\n\nbark\n\n**Fish**\n\nswim quietly\n\nBoth fine."
+    assert message.response_metadata["raw_text"] == "Plan:####Cats: purr a lot####Dogs: bark####Fish: swim quietly####%%%%Both fine."
 
 
 def test_first_branch_streams_live_and_later_branches_follow_in_order() -> None:
     chunks = [c.content for c in ChatParallelBranch(model=branchy()).stream("x") if c.content]
     # Branch 0 arrives token by token; branch 1 and 2 are flushed once the ones before them end.
-    assert chunks[:5] == ["Plan:", "####Cats:", " purr", " a", " lot"]
-    assert "".join(chunks[5:]) == "####Dogs: bark####Fish: swim quietly####%%%%Both fine."
+    assert chunks[:5] == ["Plan:", "\n\n**Cats**", "\n\npurr", " a", " lot"]
+    assert "".join(chunks[5:]) == "\n\n**Dogs**\n\nbark\n\n**Fish**\n\nswim quietly\n\nBoth fine."
+    raw = [c.content for c in ChatParallelBranch(model=branchy(), output_format="raw").stream("x") if c.content]
+    assert raw[:5] == ["Plan:", "####Cats:", " purr", " a", " lot"]
+    assert "".join(raw[5:]) == "####Dogs: bark####Fish: swim quietly####%%%%Both fine."
 
 
 def test_custom_events_carry_every_branch_token() -> None:

@@ -106,10 +106,11 @@ def test_deltas_add_up_to_the_final_content_and_only_the_final_chunk_has_raw(chu
 def test_parallel_branches_stream_in_reading_order(chunks):
     answer = ("Plan:", [("Cats", " purr and nap"), ("Dogs", " bark")], " Both are pets.")
     chunks = chunks(answer)
-    text = "Plan:####Cats: purr and nap####Dogs: bark####%%%% Both are pets."
+    text = "Plan:\n\n**Cats**\n\npurr and nap\n\n**Dogs**\n\nbark\n\nBoth are pets."
     assert "".join(c.delta for c in chunks) == text
     assert chunks[-1].message.content == text
     raw = chunks[-1].raw
+    assert raw["raw_text"] == "Plan:####Cats: purr and nap####Dogs: bark####%%%% Both are pets."
     assert raw["parallel"] is True
     assert [(b["title"], b["text"]) for b in raw["branches"]] == [("Cats", " purr and nap"), ("Dogs", " bark")]
     assert raw["stats"]["forward_passes"] > 0

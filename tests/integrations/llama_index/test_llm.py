@@ -173,7 +173,8 @@ def test_chat_is_the_aggregate_of_stream_chat(make_llm):
     chunks = list(llm.stream_chat(USER))
     response = llm.chat(USER)
     assert "".join(c.delta for c in chunks) == response.message.content == chunks[-1].message.content
-    assert response.message.content == "Two:####A: one####B: two three####%%%% done"
+    assert response.message.content == "Two:\n\n**A**\n\none\n\n**B**\n\ntwo three\n\ndone"
+    assert response.raw["raw_text"] == "Two:####A: one####B: two three####%%%% done"
     assert response.raw == chunks[-1].raw
     assert response.raw["parallel"] and len(response.raw["branches"]) == 2
 

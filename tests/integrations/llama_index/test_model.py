@@ -53,7 +53,7 @@ def test_stream_text_equals_complete_text(llm, branches):
     if branches:
         assert titles == branches
         assert completion.raw["parallel"] is True
-        assert completion.text.startswith("####Cats:")
+        assert completion.text.startswith("**Cats**") and completion.raw["raw_text"].startswith("####Cats:")
 
 
 def test_usage_counts_equal_the_tokenizer_counts(llm):

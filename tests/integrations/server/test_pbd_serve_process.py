@@ -126,7 +126,7 @@ def test_chat_sync_stream_with_branches_progress_and_usage(client) -> None:
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text.startswith("####Tea:") and "####Coffee:" in text and "####%%%%" in text
+    assert text.startswith("**Tea**\n\n") and "\n\n**Coffee**" in text and "####" not in text and "%%%%" not in text
     progress = [c.model_extra["pbd"] for c in chunks if c.model_extra and "pbd" in c.model_extra]
     assert {p["title"] for p in progress if p["event"] == "branch_start"} == {"Tea", "Coffee"}
     assert any(p["event"] == "branch_token" and p["branch"] == 1 for p in progress)

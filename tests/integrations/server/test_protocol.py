@@ -142,7 +142,8 @@ def test_chat_answer_is_the_reading_order_text_with_usage_and_the_engine_summary
     body = TestClient(create_app(decoder)).post("/v1/chat/completions", json={"messages": MESSAGES}).json()
     choice = body["choices"][0]
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
-    assert choice["message"] == {"role": "assistant", "content": "Intro.####Tea: calm leaf.####Coffee: bold bean.####%%%% Both good."}
+    readable = "Intro.\n\n**Tea**\n\ncalm leaf.\n\n**Coffee**\n\nbold bean.\n\nBoth good."
+    assert choice["message"] == {"role": "assistant", "content": readable}
     assert choice["finish_reason"] == "stop"
     assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 8, "total_tokens": 15}
     assert body["pbd"]["parallel"] is True and [b["title"] for b in body["pbd"]["branches"]] == ["Tea", "Coffee"]
@@ -465,7 +466,12 @@ def test_a_token_id_prompt_returns_every_sampled_id_and_the_stop_string(engine, 
 def test_every_sampled_id_is_sent_even_without_text_and_the_eos_that_ends_the_completion(engine, client) -> None:
     request = {"prompt": "Say: ", "max_tokens": 40, "return_token_ids": True, "stream": True,
                "stream_options": {"include_usage": True}}
-    chunks = sse_payloads(client.post("/v1/completions", json=request).text)[:-1]
+    model = engine.model
+    model.complete_characters = False  # the script must see the half character, as with a real model
+    try:
+        chunks = sse_payloads(client.post("/v1/completions", json=request).text)[:-1]
+    finally:
+        model.complete_characters = True
     text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
     ids = [t for c in chunks if c["choices"] for t in c["choices"][0]["token_ids"]]
     # The scripted model writes one byte per token: the first byte of "\u00e9" is half a character
@@ -486,7 +492,10 @@ def test_max_tokens_ends_with_length_and_completions_default_to_plain_decoding(e
 def test_completions_with_branches_decode_in_parallel(client) -> None:
     body = client.post("/v1/completions", json={"prompt": "Q\n", "max_tokens": 60, "branches": FRUIT}).json()
     assert body["pbd"]["parallel"] is True
-    assert body["choices"][0]["text"].startswith("####Apples: red.\n####Bananas: long and yellow.")
+    assert body["choices"][0]["text"].startswith("**Apples**\n\nred.\n\n**Bananas**\n\nlong and yellow.")
+    raw = client.post("/v1/completions", json={"prompt": "Q\n", "max_tokens": 60, "branches": FRUIT,
+                                                 "output_format": "raw"}).json()
+    assert raw["choices"][0]["text"].startswith("####Apples: red.\n####Bananas: long and yellow.")
     response = client.post("/v1/completions", json={"prompt": "Q\n", "branches": FRUIT, "return_token_ids": True})
     assert response.status_code == 400 and response.json()["error"]["param"] == "return_token_ids"
 

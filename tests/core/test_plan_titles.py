@@ -1,0 +1,145 @@
+"""Planned titles carry their subject (``descriptive_titles``, issue 11).
+
+With the option, while the model plans, a title may not start with a number
+(``1``, ``2.``) or a generic word (the ``Step`` of ``Step 1``): those tokens are
+masked at the title's first token only (`pbd_core.titles`), so the model takes
+its next choice. Caller-given titles are never touched. Off by default (see
+`DecodeOptions.descriptive_titles` for the measurement).
+"""
+
+from __future__ import annotations
+
+import pytest
+from scripted_model import ScriptedLM, rules
+from tiny_models import byte_tokenizer
+
+from pbd_core import DecodeOptions, ParallelBranchDecoder, RawPrompt
+from pbd_core.executors.base import ExecutorStats
+from pbd_core.stages import DecodeRun
+from pbd_core.titles import DescriptiveTitles
+
+
+def raw_text(result) -> str:
+    return getattr(result, "raw_text", None) or result.text
+
+
+def ranked(*scripts):
+    """A script whose choices are those of ``scripts``, in that order of preference."""
+
+    def script(text: str):
+        return [c for c in (s(text) for s in scripts) if c]
+
+    return script
+
+
+def decoder_for(script) -> ParallelBranchDecoder:
+    model = ScriptedLM(script)
+    return ParallelBranchDecoder(model, model.tokenizer)
+
+
+NUMBERED = rules(
+    ("Q\n", "Intro.\n####1:"),
+    ("1: ...\n####", "2:"),
+    ("2: ...\n####", "%%%%"),
+    ("####1:", " one.\n####"),
+    ("####2:", " two.\n####"),
+    ("####%%%%\n", "Done."),
+)
+NAMED = rules(  # what the model writes when a number is not allowed
+    ("Intro.\n####", "Apples:"),
+    ("Apples: ...\n####", "Bananas:"),
+    ("Bananas: ...\n####", "%%%%"),
+    ("####Apples:", " red.\n####"),
+    ("####Bananas:", " yellow.\n####"),
+)
+
+
+def test_a_model_that_would_number_its_titles_names_them():
+    decoder = decoder_for(ranked(NUMBERED, NAMED))
+    result = decoder.generate(RawPrompt("Q\n"), descriptive_titles=True)
+    assert [(b.title, b.text) for b in result.branches] == [("Apples", " red.\n"), ("Bananas", " yellow.\n")]
+    assert raw_text(result) == "Intro.\n####Apples: red.\n####Bananas: yellow.\n####%%%%\nDone."
+
+
+def test_without_the_option_the_titles_are_numbers():
+    decoder = decoder_for(ranked(NUMBERED, NAMED))
+    result = decoder.generate(RawPrompt("Q\n"))  # off by default
+    assert [(b.title, b.text) for b in result.branches] == [("1", " one.\n"), ("2", " two.\n")]
+
+
+def test_a_title_may_not_start_with_a_generic_word_token():
+    """``Step 1`` starts with the token ``Step``: masked at a title's first token (a tokenizer with such tokens)."""
+    tokenizer = byte_tokenizer()
+    tokenizer.add_tokens(["Step", " Step", "PART", "Steps", "Stepping"])
+    constraint = DescriptiveTitles(tokenizer, tokenizer("Intro.\n####")["input_ids"])
+    banned = {tokenizer.decode([i]) for i in constraint.banned().tolist()}
+    assert banned == set("0123456789") | {"Step", " Step", "PART"}
+    for token in tokenizer("Steps")["input_ids"]:  # the title has started: nothing more is masked
+        constraint.advance(token)
+    assert constraint.banned() is None
+
+
+def test_a_forced_plan_is_held_to_it_from_its_first_title():
+    numbered = rules(("Q\n####", "1:"), ("1: ...\n####", "%%%%"), ("####1:", " one.\n####"))
+    named = rules(("Q\n####", "Apples:"), ("Apples: ...\n####", "%%%%"), ("####Apples:", " red.\n####"))
+    decoder = decoder_for(ranked(numbered, named))
+    result = decoder.generate(RawPrompt("Q\n"), force_plan=True, descriptive_titles=True)
+    assert [b.title for b in result.branches] == ["Apples"]
+
+
+def test_caller_given_titles_are_left_alone():
+    decoder = decoder_for(NUMBERED)
+    for plan_in_view in (False, True):
+        result = decoder.generate(RawPrompt("Q\n"), branches=["1", "2"], plan_in_view=plan_in_view,
+                                  descriptive_titles=True)
+        assert [b.title for b in result.branches] == ["1", "2"]
+        assert raw_text(result).startswith("####1: one.\n####2: two.\n####%%%%\n")
+
+
+def test_numbers_elsewhere_are_untouched():
+    decoder = decoder_for(rules(
+        ("Q\n", "In 2024 we had 3 goals.\n####Top 3 fruit:"),
+        ("Top 3 fruit: ...\n####", "%%%%"),
+        ("####Top 3 fruit:", " 1. apples, 2. pears.\n####"),
+        ("####%%%%\n", "All 3 done."),
+    ))
+    result = decoder.generate(RawPrompt("Q\n"), descriptive_titles=True)
+    assert raw_text(result) == "In 2024 we had 3 goals.\n####Top 3 fruit: 1. apples, 2. pears.\n####%%%%\nAll 3 done."
+
+
+@pytest.mark.parametrize(
+    "before, banned",
+    [
+        ("Intro.\n####", True),
+        ("Intro.\n####  (", True),  # spaces and brackets do not start the title yet
+        ("####Step ", False),  # the title has started: later tokens are the model's
+        ("####Apples", False),
+        ("####Top ", False),
+        ("####Apples: ", False),  # the title is over
+        ("####%%", False),  # the close marker
+        ("Intro.\n", False),  # no title started
+    ],
+)
+def test_which_tokens_are_banned_where(before, banned):
+    tokenizer = byte_tokenizer()
+    constraint = DescriptiveTitles(tokenizer, [])
+    for token in tokenizer(before)["input_ids"]:
+        constraint.advance(token)
+    ids = constraint.banned()
+    if not banned:
+        assert ids is None
+        return
+    assert {tokenizer.decode([i]) for i in ids.tolist()} == set("0123456789")
+
+
+def test_only_in_process_models_plan_under_the_mask():
+    def run(token_constraints: bool, **options) -> DecodeRun:
+        return DecodeRun(tokenizer=byte_tokenizer(), eos_token_ids=frozenset({256}), context_window=512,
+                         executor_stats=ExecutorStats(), prompt_ids=[81], options=DecodeOptions(**options),
+                         token_constraints=token_constraints)
+
+    assert run(True, descriptive_titles=True).title_constraint
+    assert not run(False, descriptive_titles=True).title_constraint  # a server samples on its own
+    assert not run(True).title_constraint  # off by default
+    assert not run(True, descriptive_titles=True, branches=["1"]).title_constraint
+    assert not run(True, descriptive_titles=True, parallel=False).title_constraint
