@@ -33,7 +33,8 @@ def test_caller_branches_are_decoded_and_merged_on_the_server(decoder):
     result = decoder.generate(QUESTION, branches=PLANETS[:3], max_branch_tokens=24, max_new_tokens=120)
     assert result.parallel and [b.title for b in result.branches] == PLANETS[:3]
     assert all(b.text.strip() and b.token_ids for b in result.branches)
-    assert result.text.startswith("####Mercury:") and "####%%%%\n" in result.text
+    assert result.raw_text.startswith("####Mercury:") and "####%%%%\n" in result.raw_text
+    assert result.text.startswith("**Mercury**\n\n") and "####" not in result.text  # readable by default
     assert result.stats.generated_tokens <= 120
 
 
