@@ -12,9 +12,12 @@ four records to look up), no call's arguments depend on another's. With a
        [get_weather(city="Paris"), get_weather(city="London"), get_weather(city="Tokyo")]
 
    and ends the list itself (``]``), which a model does where it would stop
-   writing calls. `ToolCallPlan.read_list` turns the list into titles,
-   ``"<tool>: <hint>"`` (``get_weather: city="Paris"``), or just ``"<tool>"``.
-   Caller-given ``branches`` are such titles and skip planning.
+   writing calls. With several tools bound, the model first names the first
+   call's tool in its own call format (`ToolCallPlan.lead`), where it picks among
+   tools as it was trained to, and the list starts with that tool.
+   `ToolCallPlan.read_list` turns the list into titles, ``"<tool>: <hint>"``
+   (``get_weather: city="Paris"``), or just ``"<tool>"``. Caller-given
+   ``branches`` are such titles and skip planning.
 2. **Calls.** One branch per title, all decoded together: one token of every
    call per forward pass. A branch sees the prompt, its own title and the start
    of its call in the model's own format (`ToolCallPlan.call_text`, for
@@ -63,6 +66,9 @@ from .types import BranchResult, DecodeResult, DecodeStats, FinalEvent, FinishRe
 MAX_ENTRY_TOKENS = 32
 """Tokens of the list allowed per call (what the model writes for one call in the list, at most)."""
 
+MAX_NAME_TOKENS = 16
+"""Most tokens of the first call's tool name (`ToolCallPlan.lead_name`)."""
+
 Factory = Callable[[], Any]
 
 
@@ -92,6 +98,15 @@ class ToolCallPlan:
     preamble: str = ""
     """Text the engine writes before the list (after the prompt, in the answer's turn); like the list
     itself it is seen only while planning, never by the calls and never part of the answer."""
+    lead: str = ""
+    """The model's own call format up to a tool's name (``<tool_call>\\n{"name": "``): with `lead_name`,
+    the model first names the first call's tool there, where it chooses among tools as it was trained to,
+    and the list then starts with that tool (`listing_after`)."""
+    lead_name: Factory | None = None
+    """Constraint of that name (one of the tools); None: the list starts on its own (one tool bound)."""
+    listing_after: Callable[[str], tuple[str, Factory]] | None = None
+    """For the first call's tool: the start of the list the engine writes (``[get_weather(``) and the
+    constraint of the rest of the list."""
 
     def title_parts(self, title: str) -> tuple[str, str]:
         """``(tool, hint)`` of a title ``"<tool>: <hint>"`` or ``"<tool>"`` (``：`` also separates).
@@ -255,8 +270,29 @@ class ToolCallRun:
         limit = min(calls * MAX_ENTRY_TOKENS, self.context_window - len(listed) - 1)
         if calls < 2 or limit <= 0:
             return titles  # no room for several calls: one call, decoded as without a plan
-        handle = yield Decode(listed, max_tokens=limit, constraint=self.plan.listing)
-        stream = TextStream(self.tokenizer, listed[-4:])
+        start, listing = "", self.plan.listing
+        if self.plan.lead_name is not None and self.plan.listing_after is not None:
+            lead = self.prompt_ids + encode(self.tokenizer, self.plan.lead)
+            named = yield from self._sample(lead, self.plan.lead_name, MAX_NAME_TOKENS)
+            name = named.text.strip().strip('"')
+            if name in self.plan.tools:
+                start, listing = self.plan.listing_after(name)
+                listed += encode(self.tokenizer, start)
+            limit = min(limit, self.budget_left - calls * self._per_call())  # the name's tokens are spent
+        stream = yield from self._sample(listed, listing, max(1, limit))
+        for title in self.plan.read_list(start + stream.text):
+            try:
+                self.plan.title_parts(title)
+            except ValueError:
+                continue  # (a list the executor did not hold to the grammar)
+            if title not in titles and len(titles) < self.options.max_branches:
+                titles.append(title)
+        return titles
+
+    def _sample(self, context: list[int], constraint: Factory, limit: int) -> Any:
+        """The model's text after ``context`` under ``constraint`` (at most ``limit`` tokens): a `TextStream`."""
+        handle = yield Decode(context, max_tokens=limit, constraint=constraint)
+        stream = TextStream(self.tokenizer, context[-4:])
         while len(stream.token_ids) < limit:
             token = yield NextToken(handle, self.budget_left)
             if isinstance(token, StreamEnd):
@@ -266,14 +302,7 @@ class ToolCallRun:
                 break
             stream.push(token)
         yield Close(handle)
-        for title in self.plan.read_list(stream.text):
-            try:
-                self.plan.title_parts(title)
-            except ValueError:
-                continue  # (a list the executor did not hold to the grammar)
-            if title not in titles and len(titles) < self.options.max_branches:
-                titles.append(title)
-        return titles
+        return stream
 
     # ------------------------------------------------------------------ the calls, as branches
 

@@ -54,36 +54,61 @@ PREAMBLE = ""
 """What the engine writes before the list of calls (nothing: the list's grammar starts it)."""
 
 
+CALL_LEAD = f'{TOOL_CALL_START}\n{{"name": "'
+"""A call in the wire format up to its tool's name: where the model names its first call's tool."""
+
+
 def call_text(name: str) -> tuple[str, str]:
     """The text around one call's arguments, as `pbd_integrations.tool_calls.render_tool_call` writes a call."""
     return f'{TOOL_CALL_START}\n{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": ', f"}}\n{TOOL_CALL_END}"
 
 
-def list_grammar(functions: list[dict[str, Any]], max_calls: int = 16) -> str:
+def list_grammar(functions: list[dict[str, Any]], max_calls: int = 16, *, first: str | None = None) -> str:
     """Lark grammar of the list of calls: ``[get_weather(city="Paris"), get_weather(city="London")]``.
 
     Each call names a tool and one of its arguments with a value (the one that
     tells this call from the others); a tool without arguments is ``tool()``.
-    A string argument's value is quoted, any other's is one word (``17``,
-    ``true``). A value holds no comma (one value per call, not a list of them),
+    A string argument's value is quoted, a number is a number (``17``), a boolean
+    ``true`` or ``false``, anything else one word. A value holds no comma (one
+    value per call, not a list of them),
     no line break and no ``:`` or ``#`` (a title cannot). At most ``max_calls``.
+
+    ``first``: the list's start, ``[<first>(``, is already written (`list_start`);
+    the grammar is then that of the rest.
     """
-    calls = []
-    for function in functions:
-        name = json.dumps(function["name"] + "(", ensure_ascii=False)
-        arguments = []
+    def arguments(function: dict[str, Any]) -> str:
         properties = (function.get("parameters") or {}).get("properties") or {}
-        for key in _argument_names(function):
-            value = "STRING" if _is_string(properties.get(key)) else "WORD"
-            arguments.append(f'{json.dumps(key + "=", ensure_ascii=False)} {value}')
-        calls.append(f'{name} ({" | ".join(arguments)}) ")"' if arguments else f'{name} ")"')
+        keys = [f'{json.dumps(key + "=", ensure_ascii=False)} {_value(properties.get(key))}' for key in _argument_names(function)]
+        return f'({" | ".join(keys)}) ")"' if keys else '")"'
+
+    calls = [f'{json.dumps(f["name"] + "(", ensure_ascii=False)} {arguments(f)}' for f in functions]
+    more = f'(", " call){{0,{max(0, max_calls - 1)}}} "]"'
+    if first is None:
+        start = f'start: "[" call {more}'
+    else:
+        start = f"start: {arguments(next(f for f in functions if f['name'] == first))} {more}"
     banned = f":#{TITLE_COLON},"
     return (
-        f'start: "[" call (", " call){{0,{max(0, max_calls - 1)}}} "]"\n'
+        f"{start}\n"
         f"call: {' | '.join(calls)}\n"
         f'STRING: /"[^"\\\\\\n{banned}]{{1,{MAX_HINT_CHARS}}}"/\n'
         f"WORD: /[-+.0-9A-Za-z_]{{1,{MAX_HINT_CHARS}}}/\n"
+        "NUMBER: /-?[0-9]{1,24}(\\.[0-9]{1,12})?/\n"
+        'BOOLEAN: "true" | "false" | "True" | "False"\n'
     )
+
+
+def list_start(name: str) -> str:
+    """The start of a list whose first call is to ``name`` (the model named it in its own format)."""
+    return f"[{name}("
+
+
+def name_grammar(names: list[str] | tuple[str, ...]) -> str:
+    """Lark grammar of a tool's name, as the model writes it after ``{"name": "`` (a closing quote
+    when one name is the start of another, so that the name's end is known)."""
+    prefix_free = not any(a != b and b.startswith(a) for a in names for b in names)
+    close = "" if prefix_free else " " + json.dumps('"')
+    return f"start: ({_alternatives(list(names))}){close}\n"
 
 
 def read_list(names: tuple[str, ...], text: str) -> list[str]:
@@ -100,6 +125,20 @@ def read_list(names: tuple[str, ...], text: str) -> list[str]:
         name, hint = match.group(1), match.group(2).strip()
         titles.append(f"{name}: {hint}" if hint else name)
     return titles
+
+
+def _alternatives(names: list[str]) -> str:
+    return " | ".join(json.dumps(name, ensure_ascii=False) for name in names)
+
+
+def _value(schema: Any) -> str:
+    """The terminal of an argument's value in the list, by the argument's JSON type."""
+    if _is_string(schema):
+        return "STRING"
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    if kind in ("integer", "number"):
+        return "NUMBER"
+    return "BOOLEAN" if kind == "boolean" else "WORD"
 
 
 def _is_string(schema: Any) -> bool:
@@ -120,10 +159,9 @@ def _argument_names(function: dict[str, Any]) -> list[str]:
     return required + [n for n in names if n not in required]
 
 
-def _listing_constraint(tokenizer: Any, functions: list[dict[str, Any]], max_calls: int) -> Callable[[], Any]:
+def _lark_constraint(tokenizer: Any, lark: str) -> Callable[[], Any]:
     import llguidance
 
-    lark = list_grammar(functions, max_calls)
     return _factory(tokenizer, llguidance.LLMatcher.grammar_from_lark(lark), lark=lark, string_repetition=None)
 
 
@@ -163,14 +201,24 @@ def tool_call_plan(
     )
     return ToolCallPlan(
         tools=names,
-        listing=_listing_constraint(tokenizer, chosen, max_calls),
+        listing=_lark_constraint(tokenizer, list_grammar(chosen, max_calls)),
         read_list=functools.partial(read_list, names),
         arguments=arguments,
         call_text=call_text,
         separator="\n",
         sequential=sequential,
         preamble=PREAMBLE,
+        lead=CALL_LEAD,
+        lead_name=_lark_constraint(tokenizer, name_grammar(names)) if len(names) > 1 else None,
+        listing_after=functools.partial(_listing_after, tokenizer, tuple(json.dumps(f) for f in chosen), max_calls),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _listing_after(tokenizer: Any, functions: tuple[str, ...], max_calls: int, name: str) -> tuple[str, Callable[[], Any]]:
+    """The start of the list for a first call to ``name`` and the constraint of the rest (compiled once)."""
+    grammar = list_grammar([json.loads(f) for f in functions], max_calls, first=name)
+    return list_start(name), _lark_constraint(tokenizer, grammar)
 
 
 @functools.lru_cache(maxsize=32)

@@ -62,17 +62,24 @@ def preferences(*pairs: tuple[str, str]):
 
 def weather_decoder(listed: list[str], written: list[str] | None = None) -> ParallelBranchDecoder:
     """Lists ``listed`` as calls, writes each planned call's arguments; writes ``written`` natively."""
+    return scripted(
+        ("[assistant] ", call_list(listed)),
+        ("[assistant] ", native(written or listed)),
+        *((call_seed("get_weather", f'city="{c}"'), json.dumps({"city": c})) for c in CITIES),
+    )
+
+
+def scripted(*pairs: tuple[str, str]) -> ParallelBranchDecoder:
     from tiny_models import byte_tokenizer
 
-    pairs = [("[assistant] ", call_list(listed)), ("[assistant] ", native(written or listed))]
-    for city in CITIES:
-        title = render_title(f'get_weather: city="{city}"')
-        seed = f'####{title}:\n<tool_call>\n{{"name": "get_weather", "arguments": '
-        pairs.append((seed, json.dumps({"city": city})))
     tokenizer = byte_tokenizer()
     tokenizer.chat_template = TEMPLATE
-    model = ScriptedLM(preferences(*pairs), tokenizer=tokenizer)
-    return ParallelBranchDecoder(model, tokenizer)
+    return ParallelBranchDecoder(ScriptedLM(preferences(*pairs), tokenizer=tokenizer), tokenizer)
+
+
+def call_seed(tool: str, hint: str) -> str:
+    """What a call's branch is seeded with: its title, then the call in the wire format up to its arguments."""
+    return f'####{render_title(f"{tool}: {hint}")}:\n<tool_call>\n{{"name": "{tool}", "arguments": '
 
 
 # --------------------------------------------------------------------------- LangChain
@@ -185,6 +192,31 @@ def test_the_message_goes_back_into_the_history_in_the_models_own_format(lc) -> 
     assert f"[assistant] {message.response_metadata['raw_text']}\n" in prompt  # exactly what was decoded
 
 
+def test_with_several_tools_the_model_names_the_first_tool_in_its_own_format(lc) -> None:
+    """The first call's tool is chosen where the model writes calls (``{"name": "``), not at ``[``."""
+    ChatParallelBranch, get_weather = lc
+    from langchain_core.tools import tool
+
+    @tool
+    def lookup_order(order_id: str) -> str:
+        """Look up an order by its id."""
+        return "shipped"
+
+    ids = ["A17", "B22"]
+    decoder = scripted(
+        ('[assistant] <tool_call>\n{"name": "', "lookup_order"),
+        ("[assistant] [", 'get_weather(city="A17")]'),  # what it would list on its own: the wrong tool
+        ("[assistant] [lookup_order(", 'order_id="A17"), lookup_order(order_id="B22")]'),
+        *((call_seed("lookup_order", f'order_id="{i}"'), json.dumps({"order_id": i})) for i in ids),
+    )
+    llm = ChatParallelBranch(model=decoder, max_tokens=600).bind_tools([get_weather, lookup_order], tool_choice="any")
+    message = llm.invoke("Look up orders A17 and B22.")
+    assert [(c["name"], c["args"]) for c in message.tool_calls] == [("lookup_order", {"order_id": i}) for i in ids]
+    assert message.response_metadata["stats"]["stage_tokens"]["plan"] == len("lookup_order") + len(
+        'order_id="A17"), lookup_order(order_id="B22")]'
+    )
+
+
 def test_caller_titles_skip_the_list_and_name_a_bound_tool() -> None:
     from pbd_integrations.chat import render_chat
     from pbd_integrations.grammar import tool_call_constraint
@@ -225,6 +257,7 @@ def test_the_list_grammar_holds_one_value_per_call() -> None:
     assert accepts('[get_weather(city="Paris"), now(), order(id=17)]')
     assert not accepts('[get_weather(city="Paris, London")]')  # one value per call
     assert not accepts('[order(id="17")]') and not accepts("[get_weather(city=Paris)]")  # typed values
+    assert not accepts("[order(id=17b)]")
     assert not accepts("[now(), now(), now(), now()]")  # at most max_calls
     assert read_list(("get_weather", "now"), '[get_weather(city="Paris"), now(), get_weather(city="Lo') == [
         'get_weather: city="Paris"',
