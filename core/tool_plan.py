@@ -6,8 +6,7 @@ four records to look up), no call's arguments depend on another's. With a
 
 1. **Plan.** The model lists the calls, under a grammar
    (`ToolCallPlan.listing`), in a compact form the adapters choose; theirs is a
-   Python list of calls, one argument each, the one that tells the call from the
-   others::
+   Python list of calls with the arguments that tell them apart (usually one)::
 
        [get_weather(city="Paris"), get_weather(city="London"), get_weather(city="Tokyo")]
 

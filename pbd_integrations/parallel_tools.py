@@ -3,8 +3,8 @@
 When tools are bound with a call required (``tool_choice="any"``/``"required"``
 or a tool's name) and parallel tool calls are not turned off, the adapters pass
 ``tool_calls=tool_call_plan(...)`` to the engine. The model first lists the
-calls under a grammar, as a Python list with one argument per call, the one
-that tells the calls apart (`list_grammar`)::
+calls under a grammar, as a Python list with the arguments that tell the
+calls apart, usually one (`list_grammar`)::
 
     [get_weather(city="Paris"), get_weather(city="London"), get_weather(city="Tokyo")]
 
@@ -66,11 +66,12 @@ def call_text(name: str) -> tuple[str, str]:
 def list_grammar(functions: list[dict[str, Any]], max_calls: int = 16, *, first: str | None = None) -> str:
     """Lark grammar of the list of calls: ``[get_weather(city="Paris"), get_weather(city="London")]``.
 
-    Each call names a tool and one of its arguments with a value (the one that
-    tells this call from the others); a tool without arguments is ``tool()``.
+    Each call names a tool and the arguments that tell this call from the others
+    (the model picks them: one, ``city="Paris"``, or more, ``a=2, b=3``); a tool
+    without arguments is ``tool()``.
     A string argument's value is quoted, a number is a number (``17``), a boolean
     ``true`` or ``false``, anything else one word. A value holds no comma (one
-    value per call, not a list of them),
+    value per argument, not a list of them),
     no line break and no ``:`` or ``#`` (a title cannot). At most ``max_calls``.
 
     ``first``: the list's start, ``[<first>(``, is already written (`list_start`);
@@ -79,7 +80,10 @@ def list_grammar(functions: list[dict[str, Any]], max_calls: int = 16, *, first:
     def arguments(function: dict[str, Any]) -> str:
         properties = (function.get("parameters") or {}).get("properties") or {}
         keys = [f'{json.dumps(key + "=", ensure_ascii=False)} {_value(properties.get(key))}' for key in _argument_names(function)]
-        return f'({" | ".join(keys)}) ")"' if keys else '")"'
+        if not keys:
+            return '")"'
+        one = f'({" | ".join(keys)})'
+        return f'{one} (", " {one}){{0,{len(keys) - 1}}} ")"' if len(keys) > 1 else f'{one} ")"'
 
     calls = [f'{json.dumps(f["name"] + "(", ensure_ascii=False)} {arguments(f)}' for f in functions]
     more = f'(", " call){{0,{max(0, max_calls - 1)}}} "]"'
@@ -93,6 +97,7 @@ def list_grammar(functions: list[dict[str, Any]], max_calls: int = 16, *, first:
         f"call: {' | '.join(calls)}\n"
         f'STRING: /"[^"\\\\\\n{banned}]{{1,{MAX_HINT_CHARS}}}"/\n'
         f"WORD: /[-+.0-9A-Za-z_]{{1,{MAX_HINT_CHARS}}}/\n"
+        "INTEGER: /-?[0-9]{1,24}/\n"
         "NUMBER: /-?[0-9]{1,24}(\\.[0-9]{1,12})?/\n"
         'BOOLEAN: "true" | "false" | "True" | "False"\n'
     )
@@ -118,7 +123,7 @@ def read_list(names: tuple[str, ...], text: str) -> list[str]:
     ['get_weather: city="Paris"']
     """
     pattern = re.compile(
-        "(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + r')\(([^()"]*(?:"[^"]*")?)\)'
+        "(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + r')\(((?:[^()"]|"[^"]*")*)\)'
     )
     titles = []
     for match in pattern.finditer(text):
@@ -136,7 +141,9 @@ def _value(schema: Any) -> str:
     if _is_string(schema):
         return "STRING"
     kind = schema.get("type") if isinstance(schema, dict) else None
-    if kind in ("integer", "number"):
+    if kind == "integer":
+        return "INTEGER"
+    if kind == "number":
         return "NUMBER"
     return "BOOLEAN" if kind == "boolean" else "WORD"
 

@@ -243,6 +243,7 @@ def test_the_list_grammar_holds_one_value_per_call() -> None:
         WEATHER["function"],
         {"name": "now", "parameters": {"type": "object", "properties": {}}},
         {"name": "order", "parameters": {"type": "object", "properties": {"id": {"type": "integer"}}}},
+        {"name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}},
     ]
     grammar = llguidance.LLMatcher.grammar_from_lark(list_grammar(functions, max_calls=3))
     from pbd_integrations.grammar import ll_tokenizer
@@ -257,11 +258,13 @@ def test_the_list_grammar_holds_one_value_per_call() -> None:
     assert accepts('[get_weather(city="Paris"), now(), order(id=17)]')
     assert not accepts('[get_weather(city="Paris, London")]')  # one value per call
     assert not accepts('[order(id="17")]') and not accepts("[get_weather(city=Paris)]")  # typed values
-    assert not accepts("[order(id=17b)]")
+    assert not accepts("[order(id=17b)]") and not accepts("[order(id=1.5)]")
+    assert accepts("[add(a=2, b=3), add(a=10)]") and not accepts("[add(a=2, b=3, a=4)]")  # as many as it has
     assert not accepts("[now(), now(), now(), now()]")  # at most max_calls
-    assert read_list(("get_weather", "now"), '[get_weather(city="Paris"), now(), get_weather(city="Lo') == [
+    assert read_list(("get_weather", "now", "add"), '[get_weather(city="Paris"), now(), add(a=2, b=3), get_weather(city="Lo') == [
         'get_weather: city="Paris"',
         "now",
+        "add: a=2, b=3",
     ]
 
 
