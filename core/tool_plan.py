@@ -182,20 +182,10 @@ class ToolCallRun:
 
     # ------------------------------------------------------------------ helpers
 
-    @property
-    def budget_left(self) -> int:
-        return self.options.max_new_tokens - self.stats.generated_tokens
-
-    def _enter(self, stage: Stage) -> None:
-        now = time.perf_counter()
-        passes = self.executor_stats.forward_passes
-        self.stats.stage_seconds[self._stage] += now - self._stage_started
-        self.stats.stage_forward_passes[self._stage] += passes - self._stage_passes
-        self._stage, self._stage_started, self._stage_passes = stage, now, passes
-
-    def _count(self) -> None:
-        self.stats.generated_tokens += 1
-        self.stats.stage_tokens[self._stage] += 1
+    # Stage accounting is DecodeRun's own (same fields: stats, executor_stats, options, _stage...).
+    budget_left = DecodeRun.budget_left
+    _enter = DecodeRun._enter
+    _count = DecodeRun._count
 
     def _per_call(self) -> int:
         """Fewest tokens any call's arguments can take (what the plan keeps in reserve for each call)."""
