@@ -134,9 +134,17 @@ def run(model: Any, variant: str, items: list[dict[str, Any]], method: str = "js
         chat.tool_prompt = _tool_prompt_with(TOOL_VARIANTS[variant])
     try:
         llm = ChatParallelBranch(model=model)
+        if method == "llama_index":  # LlamaIndex's structured_predict at default settings
+            from llama_index.core.prompts import PromptTemplate
+
+            from pbd_integrations import ParallelBranchLLM
+
+            index_llm = ParallelBranchLLM(model=model)
 
         def ask(item):
             try:
+                if method == "llama_index":
+                    return index_llm.structured_predict(item["schema"], PromptTemplate(item["prompt"])), None
                 return llm.with_structured_output(item["schema"], method=method).invoke(item["prompt"]), None
             except Exception as error:  # a parse failure counts as wrong, with its reason
                 return None, f"{type(error).__name__}: {error}"[:200]
@@ -165,9 +173,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model", default="default")
     parser.add_argument("--variants", nargs="+", default=["current"], choices=sorted(VARIANTS))
     parser.add_argument("--methods", nargs="+", default=["json_schema", "function_calling"],
-                        choices=["json_schema", "function_calling", "json_mode"],
-                        help="with_structured_output's method (function_calling: a tool call, as LlamaIndex's "
-                             "structured_predict does)")
+                        choices=["json_schema", "function_calling", "json_mode", "llama_index"],
+                        help="with_structured_output's method (function_calling: a tool call); llama_index: "
+                             "ParallelBranchLLM.structured_predict at default settings")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     from pbd_integrations.registry import get_decoder

@@ -55,6 +55,7 @@ from pbd_integrations.parallel_tools import tool_call_plan, wants_plan, with_pen
 from pbd_integrations.penalties import punctuation_exemption, with_repetition_penalty
 from pbd_integrations.registry import get_decoder, get_remote_decoder
 from pbd_integrations.runner import aiterate_events, is_remote, iterate_events
+from pbd_integrations.structured import response_schema as _response_schema
 from pbd_integrations.tool_calls import ToolCallParseError, ToolCallSplitter
 
 BRANCH_TOKEN_EVENT = "pbd_branch_token"
@@ -142,29 +143,6 @@ def _normalize_tool_choice(tool_choice: Any, tool_names: list[str]) -> str:
     if isinstance(tool_choice, str) and tool_choice in tool_names:
         return tool_choice
     msg = f"tool_choice {tool_choice!r} is neither 'auto', 'any', 'required', 'none' nor one of {tool_names}"
-    raise ValueError(msg)
-
-
-def _response_schema(response_format: dict[str, Any] | None) -> tuple[bool, dict[str, Any] | None, dict[str, Any] | None]:
-    """``(wants_json, grammar schema, schema to describe in the prompt)`` from a ``response_format``.
-
-    Accepts ours (``{"type": "json_schema", "schema": ...}``), OpenAI's
-    (``{"type": "json_schema", "json_schema": {"schema": ...}}``) and JSON mode
-    (``{"type": "json_object"}``: any JSON object; with a ``schema``, that schema).
-    """
-    if not response_format:
-        return False, None, None
-    kind = response_format.get("type")
-    if kind == "json_object":
-        schema = response_format.get("schema")
-        return True, schema, schema
-    if kind == "json_schema":
-        schema = response_format.get("schema") or response_format.get("json_schema", {}).get("schema")
-        if not isinstance(schema, dict):
-            msg = f"response_format of type json_schema needs a 'schema' dict, got {response_format!r}"
-            raise ValueError(msg)
-        return True, schema, schema
-    msg = f"response_format type must be 'json_object' or 'json_schema', got {kind!r}"
     raise ValueError(msg)
 
 

@@ -15,7 +15,9 @@ from llama_index.core.base.llms.types import (
 )
 from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
 from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import FunctionTool
+from pydantic import BaseModel
 
 import pbd_integrations
 from pbd_integrations import registry
@@ -39,12 +41,22 @@ def grammar_calls(monkeypatch):
 
     calls = []
 
-    def fake_constraint(tokenizer, tools, tool_choice):
+    def fake_constraint(tokenizer, tools, tool_choice, response_schema=None):
         calls.append(([t["function"]["name"] for t in tools], tool_choice))
         return lambda: None
 
     monkeypatch.setattr(grammar, "tool_call_constraint", fake_constraint)
     return calls
+
+
+@pytest.fixture
+def json_schemas(monkeypatch):
+    """Record the schemas of JSON answers instead of compiling their grammars."""
+    import pbd_integrations.llama_index.base as base
+
+    schemas = []
+    monkeypatch.setattr(base, "cached_json_constraint", lambda tokenizer, spec: schemas.append(json.loads(spec)) or (lambda: None))
+    return schemas
 
 
 @pytest.fixture
@@ -415,23 +427,76 @@ def test_an_optional_call_is_still_decoded_under_the_grammar_in_auto_mode(make_l
     assert [c["parallel"] for c in decoder.calls] == [True, True, True]  # text answers may still branch
 
 
-def test_structured_predict_sync_and_streaming(make_llm, grammar_calls):
-    from llama_index.core.prompts import PromptTemplate
-    from pydantic import BaseModel
+class City(BaseModel):
+    """A city."""
 
-    class City(BaseModel):
-        """A city."""
+    name: str
+    country: str
 
-        name: str
-        country: str
+
+CAPITAL = PromptTemplate("Capital of {country}?")
+
+
+def test_structured_predict_decodes_json_under_the_output_class_schema(make_llm, json_schemas):
+    llm, decoder = make_llm(answers=['{"name": "Paris", "country": "France"}'])
+    assert llm.structured_predict(City, CAPITAL, country="France") == City(name="Paris", country="France")
+    assert json_schemas == [City.model_json_schema()]
+    (call,) = decoder.calls
+    assert call["constraint"] is not None
+    assert "matches this JSON schema" in call["prompt"] and "Capital of France?" in call["prompt"]
+    assert "<tools>" not in call["prompt"]  # no function call: the schema path is measured better on small models
+
+
+async def test_structured_predict_async_and_streaming_use_the_same_json_path(make_llm, json_schemas):
+    llm, decoder = make_llm(answers=['{"name": "Paris", "country": "France"}'])
+    assert await llm.astructured_predict(City, CAPITAL, country="France") == City(name="Paris", country="France")
+    partials = list(llm.stream_structured_predict(City, CAPITAL, country="France"))
+    assert len(partials) > 2 and partials[0].model_dump().get("country") is None  # objects grow as the JSON does
+    assert City.model_validate(partials[-1].model_dump()) == City(name="Paris", country="France")
+    apartials = [p async for p in await llm.astream_structured_predict(City, CAPITAL, country="France")]
+    assert City.model_validate(apartials[-1].model_dump()) == City(name="Paris", country="France")
+    assert len(json_schemas) == len(decoder.calls) == 3
+
+
+def test_structured_llm_chat_uses_the_json_path(make_llm, json_schemas):
+    llm, _ = make_llm(answers=['{"name": "Oslo", "country": "Norway"}'])
+    response = llm.as_structured_llm(City).chat([ChatMessage(role=MessageRole.USER, content="Capital of Norway?")])
+    assert response.raw == City(name="Oslo", country="Norway")
+
+
+def test_structured_predict_in_function_mode_offers_the_class_as_a_tool(make_llm, grammar_calls, json_schemas):
+    from llama_index.core.types import PydanticProgramMode
 
     call = '<tool_call>{"name": "City", "arguments": {"name": "Paris", "country": "France"}}</tool_call>'
-    llm, decoder = make_llm(answers=[call])
-    prompt = PromptTemplate("Capital of {country}?")
-    assert llm.structured_predict(City, prompt, country="France") == City(name="Paris", country="France")
-    *_, last = llm.stream_structured_predict(City, prompt, country="France")
+    llm, decoder = make_llm(answers=[call], pydantic_program_mode=PydanticProgramMode.FUNCTION)
+    assert llm.structured_predict(City, CAPITAL, country="France") == City(name="Paris", country="France")
+    *_, last = llm.stream_structured_predict(City, CAPITAL, country="France")
     assert City.model_validate(last.model_dump()) == City(name="Paris", country="France")
     assert decoder.calls[0]["prompt"].count('"name": "City"') == 1  # the output class is offered as a tool
+    assert json_schemas == []
+
+
+def test_structured_predict_names_the_budget_when_a_cut_left_a_field_out():
+    from llama_index.core.base.llms.types import ChatResponse
+
+    from pbd_integrations.llama_index.base import _parse_structured
+
+    cut = ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content='{"name": "Paris"}'), raw={"finish_reason": "length"})
+    with pytest.raises(ValueError, match="cut by max_tokens"):
+        _parse_structured(City, cut)
+    whole = ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content='{"name": "Paris"}'), raw={"finish_reason": "stop"})
+    with pytest.raises(ValueError, match="does not validate as City") as error:
+        _parse_structured(City, whole)
+    assert "max_tokens" not in str(error.value)
+
+
+def test_response_format_is_a_per_call_option(make_llm, json_schemas):
+    llm, decoder = make_llm(answers=['{"a": 1}'])
+    response = llm.chat(USER, response_format={"type": "json_object"})
+    assert json.loads(response.message.content) == {"a": 1}
+    assert json_schemas == [{"type": "object"}]
+    with pytest.raises(ValueError, match="response_format type"):
+        llm.chat(USER, response_format={"type": "yaml"})
 
 
 def test_text_answer_keeps_its_text_block(make_llm):
