@@ -76,7 +76,9 @@ class DecodeOptions:
     context after the block (the conclusion sees it) but is not part of the answer's text. With
     ``parallel=False`` and caller-given branches the same list comes before the first step (each step
     sees the plan and the steps before it); plain decoding without given branches plans nothing, so the
-    option changes nothing there."""
+    option changes nothing there. Off by default: on the quality suite it made both models worse, as they
+    copy the list's elided bodies (`` ...``) into their steps (per-step accuracy in parallel 29% -> 2% on
+    SmolLM2-135M, 57% -> 30% on Qwen2.5-Coder-0.5B; `benchmarks/quality/README.md`)."""
     descriptive_titles: bool = False
     """While the model plans, keep titles from starting with a number (``1``, ``2.``) or a generic word
     (the ``Step`` of ``Step 1``, ``Part 2``), which tell a branch nothing about its subject
@@ -84,6 +86,15 @@ class DecodeOptions:
     touched. In-process models only (a server samples on its own). Off by default: on SmolLM2-135M
     (8 planning prompts, greedy, ``force_plan``) it changed 2 plans, both for the worse (instead of
     ``Step 1``... the model ends its list after one or two titles and re-plans in the conclusion)."""
+    nonempty_branches: bool = True
+    """A branch may not end, nor write a blank line, before it has written a non-space character
+    (`pbd_core.branch_start`): a token mask on a branch's first tokens only. Applies to caller-given and
+    planned branches, and to the steps of ``parallel=False`` with caller-given branches, so both modes see
+    the same rule (exactness then reads: each branch equals plain decoding of its context under the same
+    mask); never under a ``constraint``. In-process models only (a server samples on its own). On by
+    default: on the quality suite (40 tasks, SmolLM2-135M) it took per-step accuracy from 19% to 36%
+    written one after another and from 15% to 29% in parallel; without it a third of the steps were
+    empty (the model answered a lone title by closing it)."""
     output_format: Literal["readable", "raw"] = "readable"
     """What `DecodeResult.text` holds: ``readable`` (default) the answer as a user reads it, each step under
     a ``**<title>**`` line and no format markers (`pbd_core.readable`); ``raw`` the branch-format text
@@ -115,7 +126,7 @@ class DecodeOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or (not isinstance(value, bool) and value < 0):
                 raise ValueError(f"{name} must be a bool or an int >= 0 (repeated tokens; 0 = off), got {value!r}")
-        for name in ("plan_in_view", "descriptive_titles"):
+        for name in ("plan_in_view", "descriptive_titles", "nonempty_branches"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.output_format not in OUTPUT_FORMATS:

@@ -61,6 +61,7 @@ from .plan_format import (
 )
 from .prompting import encode
 from .repetition import RepetitionGuard, guard_tokens
+from .branch_start import NonEmptyBranch
 from .titles import DescriptiveTitles
 from .types import (
     BranchEndEvent,
@@ -155,6 +156,9 @@ class DecodeRun:
         self.branch_guard = 0 if options.constraint is not None else guard_tokens(options.repetition_guard)
         self.trunk_guard = 0 if options.constraint is not None else guard_tokens(options.trunk_repetition_guard)
         self.title_constraint = self.planning and options.descriptive_titles and token_constraints
+        self.branch_constraint = options.constraint
+        if options.nonempty_branches and options.constraint is None and token_constraints:
+            self.branch_constraint = functools.partial(NonEmptyBranch, tokenizer)
         self.stops = list(options.stop or [])
         if options.branches is not None:
             # The caller chose the steps: the conclusion ends where the model starts another one.
@@ -427,7 +431,7 @@ class DecodeRun:
             [b.seed_ids for b in branches],
             max_tokens=self.options.max_branch_tokens,
             stop=[STEP_MARKER, *self.stops],
-            constraint=self.options.constraint,
+            constraint=self.branch_constraint,
         )
         live = list(branches)
         while live:
@@ -565,7 +569,7 @@ class DecodeRun:
                 b.context_ids,
                 max_tokens=self.options.max_branch_tokens,
                 stop=[STEP_MARKER, *self.stops],
-                constraint=self.options.constraint,
+                constraint=self.branch_constraint,
             )
             while b.finish is None:
                 if self.budget_left <= 0:

@@ -39,6 +39,45 @@ so the LangChain templates put it there. Caller-given ``branches`` do not
 depend on the model following it at all.
 """
 
+PLANNING_SYSTEM_PROMPT = (
+    "If the request has two or more parts that can be worked out independently of each other (check each "
+    "of several items, answer several separate questions, compare several options), write each part as a "
+    "step: '####', a short title that names the part, ':', then the step. After the last step write "
+    "'####%%%%' and then the conclusion. If the request is one question, one calculation or one piece of "
+    "writing, answer it directly, without '####'.\n"
+    "Example of a request with independent parts:\n"
+    "Which of these are fruits: apple, carrot?\n"
+    "####Apple: An apple is a fruit.\n"
+    "####Carrot: A carrot is a vegetable.\n"
+    "####%%%%\n"
+    "The apple is a fruit; the carrot is not.\n"
+    "Example of a single request:\n"
+    "What is 12 times 3?\n"
+    "12 times 3 is 36."
+)
+"""What the adapters add to the system message by default (``plan_instructions=True``), so a model plans
+on the user's own prompts: the branch format only where a request splits into independent parts, with
+one example of each case (`benchmarks/quality/planning_prompts.py` measures the alternatives)."""
+
+
+def planning_instructions(messages: list[dict[str, object]], *, branches: object, parallel: bool) -> str | None:
+    """The system text that makes the model plan by itself, or None where it does not apply.
+
+    Not added when the caller gave the branches, decodes plainly (``parallel=False``), or the
+    conversation already carries the branch format (one of our templates, or the user's own
+    instructions mentioning ``####%%%%``).
+    """
+    if branches is not None or not parallel:
+        return None
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str) and "####%%%%" in content:
+            return None
+        if isinstance(content, list) and any("####%%%%" in str(part) for part in content):
+            return None
+    return PLANNING_SYSTEM_PROMPT
+
+
 CHECK_EACH_ITEM = (
     PARALLEL_SYSTEM_PROMPT
     + "\n\nTask: check each of these items on its own: {items}. "
@@ -71,6 +110,7 @@ PLAIN_REASONING = (
 
 TEMPLATES: dict[str, str] = {
     "parallel": PARALLEL_SYSTEM_PROMPT,
+    "planning": PLANNING_SYSTEM_PROMPT,
     "check_each_item": CHECK_EACH_ITEM,
     "compare_options": COMPARE_OPTIONS,
     "sub_questions": SUB_QUESTIONS,

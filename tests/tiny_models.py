@@ -74,3 +74,36 @@ def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
         raise ValueError(arch)
     model.config._attn_implementation = "sdpa"
     return model.float().eval()
+
+
+def reference_tokens(model, context_ids: list[int], n: int, eos_id: int, tokenizer=None) -> list[int]:
+    """Plain greedy decoding (transformers' ``generate``) of ``context_ids`` alone, ``n`` tokens.
+
+    With ``tokenizer``, under the branch-start mask the engine applies to every branch by default
+    (``nonempty_branches``, `pbd_core.branch_start`), so a branch can be compared with decoding its
+    own context alone under the same rule.
+    """
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    processors = LogitsProcessorList()
+    if tokenizer is not None:
+        from pbd_core.branch_start import NonEmptyBranch
+
+        class BranchStart(LogitsProcessor):
+            def __init__(self) -> None:
+                self.mask, self.fed = NonEmptyBranch(tokenizer), 0
+
+            def __call__(self, input_ids, scores):
+                generated = input_ids[0, len(context_ids) :].tolist()
+                for token in generated[self.fed :]:
+                    self.mask.advance(token)
+                self.fed = len(generated)
+                scores[0] = self.mask.mask_logits(scores[0])
+                return scores
+
+        processors.append(BranchStart())
+    out = model.generate(
+        torch.tensor([context_ids]), max_new_tokens=n, do_sample=False, eos_token_id=eos_id, pad_token_id=eos_id,
+        logits_processor=processors,
+    )
+    return out[0, len(context_ids) :].tolist()

@@ -107,13 +107,17 @@ def given_messages(task: dict) -> list[dict[str, str]]:
     return [{"role": "system", "content": PARALLEL_SYSTEM_PROMPT}, {"role": "user", "content": task["prompt"]}]
 
 
+ENGINE_OPTIONS: dict[str, Any] = {}
+"""Engine options set with ``--set name=value``, passed to every request of every phase."""
+
+
 def run_given(decoder, task: dict, parallel: bool) -> dict[str, Any]:
     titles = [s["title"] for s in task["steps"]]
     t0 = time.perf_counter()
     result = decoder.generate(
         given_messages(task), branches=titles, parallel=parallel, temperature=0.0,
         max_new_tokens=task["max_new_tokens"], max_branch_tokens=task["max_branch_tokens"],
-        max_branches=max(16, len(titles)),
+        max_branches=max(16, len(titles)), **ENGINE_OPTIONS,
     )
     seconds = time.perf_counter() - t0
     raw = S.raw_text(result)
@@ -140,7 +144,7 @@ def run_planned(llm, task: dict, system: bool, max_tokens: int) -> dict[str, Any
 
     prompt: Any = [("system", PARALLEL_SYSTEM_PROMPT), ("human", task["prompt"])] if system else task["prompt"]
     t0 = time.perf_counter()
-    message = llm.invoke(prompt, max_tokens=max_tokens, max_branch_tokens=task["max_branch_tokens"])
+    message = llm.invoke(prompt, max_tokens=max_tokens, max_branch_tokens=task["max_branch_tokens"], **ENGINE_OPTIONS)
     seconds = time.perf_counter() - t0
     meta = message.response_metadata
     branches = meta.get("branches") or []
@@ -282,6 +286,11 @@ def summarize(rows: list[dict], singles: list[dict], timing: list[dict], phases:
         block: dict[str, Any] = {
             "parallelizable": S.proportion(len(planned_par), len(par_rows)),
             "single": S.proportion(sum(r[mode]["planned"] for r in single_rows), len(single_rows)),
+            # A block of one branch decodes exactly as plain text would: nothing runs in parallel.
+            "parallelizable_two_or_more_branches": S.proportion(
+                sum(r[mode]["planned"] and r[mode]["n_branches"] >= 2 for r in par_rows), len(par_rows)),
+            "single_two_or_more_branches": S.proportion(
+                sum(r[mode]["planned"] and r[mode]["n_branches"] >= 2 for r in single_rows), len(single_rows)),
             "parallelizable_by_kind": {k: S.proportion(sum(r[mode]["planned"] for r in g), len(g))
                                        for k, g in _by(par_rows, lambda r: r["kind"]).items()},
             "single_by_category": {k: S.proportion(sum(r[mode]["planned"] for r in g), len(g))
@@ -445,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
                              "is still decoded as a block, so this bounds the cost without hiding plans)")
     parser.add_argument("--phases", nargs="+", default=["timing", "given", "planned"],
                         choices=["timing", "given", "planned"])
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="engine_options",
+                        help="an engine option for every request (JSON value, e.g. --set plan_in_view=true); repeatable")
     parser.add_argument("--out", default=None, help="results JSON (default results/<model>.json); .md beside it")
     parser.add_argument("--rescore", default=None, metavar="RESULTS_JSON",
                         help="no decoding: re-score the saved step texts of a results file with the current scorer, "
@@ -453,6 +464,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.rescore:
         return rescore(Path(args.rescore))
 
+    for item in args.engine_options:
+        name, _, value = item.partition("=")
+        try:
+            ENGINE_OPTIONS[name] = json.loads(value)
+        except json.JSONDecodeError:
+            ENGINE_OPTIONS[name] = value
     import torch
 
     if args.threads:
@@ -502,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                    "single_tasks": len(singles), "workers": args.workers, "timing_tasks": args.timing,
                    "branch_tokens": T.BRANCH_TOKENS, "conclusion_tokens": T.CONCLUSION_TOKENS,
                    "single_tokens": T.SINGLE_TOKENS, "temperature": 0.0, "merge": "engine default",
-                   "planned_max_tokens": args.planned_tokens,
+                   "planned_max_tokens": args.planned_tokens, "engine_options": dict(ENGINE_OPTIONS),
                    "planned_path": f"ChatParallelBranch(model=decoder, temperature=0).invoke(prompt, "
                                    f"max_tokens={args.planned_tokens}, max_branch_tokens={T.BRANCH_TOKENS}); planned = "
                                    "response_metadata['parallel']"},

@@ -53,6 +53,7 @@ from pbd_integrations.chat import json_instructions, render_chat
 from pbd_integrations.grammar import json_schema_constraint, tool_call_constraint
 from pbd_integrations.parallel_tools import tool_call_plan, wants_plan, with_penalty
 from pbd_integrations.penalties import punctuation_exemption, with_repetition_penalty
+from pbd_integrations.prompts import planning_instructions
 from pbd_integrations.registry import get_decoder, get_remote_decoder
 from pbd_integrations.runner import aiterate_events, is_remote, iterate_events
 from pbd_integrations.structured import response_schema as _response_schema
@@ -402,6 +403,11 @@ class ChatParallelBranch(BaseChatModel):
     """``readable`` (default): the message content is the answer as a user reads it, each step under a
     ``**<title>**`` line, no format markers; ``raw``: the branch-format text (``####<title>:...####%%%%...``).
     Either way ``response_metadata["raw_text"]`` has the format text. Also per call: ``output_format="raw"``."""
+    plan_instructions: bool = True
+    """Add the branch-format instructions (`pbd_integrations.prompts.PLANNING_SYSTEM_PROMPT`) to the
+    system message, so the model plans independent steps on the user's own prompts (chains, agents) and
+    answers directly otherwise. Not added with caller-given ``branches``, tools, structured output,
+    ``parallel=False``, or when the conversation already has the format. Also per call."""
     seed: int | None = None
     repetition_penalty: float = 1.0
     """Above 1 discourages a stream from repeating its own tokens (Hugging Face's definition).
@@ -511,6 +517,7 @@ class ChatParallelBranch(BaseChatModel):
         tools = kwargs.pop("tools", None) or None
         tool_choice = kwargs.pop("tool_choice", None)
         parallel_tool_calls = kwargs.pop("parallel_tool_calls", None)
+        plan_instructions = kwargs.pop("plan_instructions", self.plan_instructions)
         wants_json, schema, described = _response_schema(kwargs.pop("response_format", None))
         options: dict[str, Any] = {
             "max_new_tokens": kwargs.pop("max_tokens", self.max_tokens),
@@ -536,8 +543,11 @@ class ChatParallelBranch(BaseChatModel):
         choice = _normalize_tool_choice(tool_choice, [t["function"]["name"] for t in tools]) if tools else "none"
         if choice == "none":
             tools = None
+        engine_messages = _convert_messages(messages)
         system_text = json_instructions(described) if wants_json else None
-        prompt = RawPrompt(render_chat(decoder, _convert_messages(messages), tools=tools, system_text=system_text))
+        if plan_instructions and not tools and not wants_json:
+            system_text = planning_instructions(engine_messages, branches=options.get("branches"), parallel=options["parallel"])
+        prompt = RawPrompt(render_chat(decoder, engine_messages, tools=tools, system_text=system_text))
         if tools:
             # With tools and a response format (an agent's structured answer), the model
             # either calls a tool or answers with JSON for the schema.

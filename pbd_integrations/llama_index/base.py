@@ -52,6 +52,7 @@ from pbd_core.options import CALL_OPTION_NAMES
 from ..chat import json_instructions, render_chat
 from ..parallel_tools import cached_tool_call_plan, wants_plan, with_penalty
 from ..penalties import with_repetition_penalty
+from ..prompts import planning_instructions
 from ..registry import get_decoder, get_remote_decoder
 from ..runner import aiterate_events, is_remote, iterate_events
 from ..structured import cached_json_constraint, response_schema
@@ -150,6 +151,18 @@ class ParallelBranchLLM(FunctionCallingLLM):
         default=False,
         description="While the model plans, a title may not start with a number or 'Step'/'Part' (in-process models).",
     )
+    nonempty_branches: bool = Field(
+        default=True,
+        description="A branch may not end before it has written a non-space character (in-process models).",
+    )
+    plan_instructions: bool = Field(
+        default=True,
+        description=(
+            "Add the branch-format instructions (pbd_integrations.prompts.PLANNING_SYSTEM_PROMPT) to the system "
+            "message so the model plans independent steps on the caller's own prompts; not added with caller "
+            "branches, tools, structured output, parallel=False, or when the conversation has the format."
+        ),
+    )
     repetition_penalty: float = Field(
         default=1.0,
         gt=0,
@@ -233,6 +246,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
         tool_choice = kwargs.pop("tool_choice", None)
         parallel_tool_calls = kwargs.pop("parallel_tool_calls", None)
         wants_json, schema, described = response_schema(kwargs.pop("response_format", None))
+        plan_instructions = kwargs.pop("plan_instructions", self.plan_instructions)
         if "max_tokens" in kwargs:
             kwargs.setdefault("max_new_tokens", kwargs.pop("max_tokens"))
         stop = kwargs.pop("stop", None)
@@ -249,8 +263,11 @@ class ParallelBranchLLM(FunctionCallingLLM):
         if tool_choice == "none":
             tools = None
         decoder = self.decoder
+        engine_messages = to_engine_messages(messages)
         system_text = json_instructions(described) if wants_json else None
-        prompt = RawPrompt(render_chat(decoder, to_engine_messages(messages), tools=tools, system_text=system_text))
+        if plan_instructions and not tools and not wants_json:
+            system_text = planning_instructions(engine_messages, branches=options.get("branches"), parallel=options["parallel"])
+        prompt = RawPrompt(render_chat(decoder, engine_messages, tools=tools, system_text=system_text))
         if wants_json and not tools:  # the answer is one JSON value under the schema's grammar
             options["constraint"] = cached_json_constraint(decoder.tokenizer, json.dumps(schema or {"type": "object"}))
         if tools:

@@ -14,7 +14,7 @@ import random
 import pytest
 import torch
 from scripted_model import ScriptedLM, rules
-from tiny_models import byte_tokenizer, tiny_model
+from tiny_models import byte_tokenizer, reference_tokens, tiny_model
 
 from pbd_core import BranchStartEvent, DecodeOptions, FinalEvent, ParallelBranchDecoder, ReadingOrder, TokenEvent
 from pbd_core.plan_format import (
@@ -43,12 +43,6 @@ PROMPT = "Question: list things"
 STOPS = [chr(c) for c in range(33, 127, 4)]  # as in test_exactness: branches end at different lengths
 
 
-def reference_tokens(model, context_ids: list[int], n: int, eos_id: int) -> list[int]:
-    """Plain greedy decoding of ``context_ids`` alone (as in test_exactness)."""
-    out = model.generate(
-        torch.tensor([context_ids]), max_new_tokens=n, do_sample=False, eos_token_id=eos_id, pad_token_id=eos_id
-    )
-    return out[0, len(context_ids) :].tolist()
 
 
 # --------------------------------------------------------------------------- rendering
@@ -180,7 +174,7 @@ def test_titles_with_delimiters_keep_branches_exact(arch, merge):
     for branch in result.branches:
         # The model saw the shared prompt, then the rendered header: no stray delimiter.
         assert tokenizer.decode(branch.context_ids[n_prompt:]) == seed_text(branch.title)
-        expected = reference_tokens(model, branch.context_ids, len(branch.token_ids), tokenizer.eos_token_id)
+        expected = reference_tokens(model, branch.context_ids, len(branch.token_ids), tokenizer.eos_token_id, tokenizer)
         assert branch.token_ids == expected, branch.title
     assert result.stats.stage_forward_passes["parallel"] == max(len(b.token_ids) for b in result.branches)
     # Reading order holds the rendered headers, one per branch, in order.
@@ -233,7 +227,7 @@ def test_sequential_mode_writes_the_same_headers_and_is_exact():
     for branch in sequential.branches:
         seed_ids = tokenizer.encode(seed_text(branch.title), add_special_tokens=False)
         assert branch.context_ids[-len(seed_ids):] == seed_ids
-        expected = reference_tokens(model, branch.context_ids, len(branch.token_ids), tokenizer.eos_token_id)
+        expected = reference_tokens(model, branch.context_ids, len(branch.token_ids), tokenizer.eos_token_id, tokenizer)
         assert branch.token_ids == expected, branch.title
     # The first step has the same context in both modes (prompt + the same rendered header).
     assert sequential.branches[0].context_ids == parallel.branches[0].context_ids
@@ -252,7 +246,7 @@ def test_a_title_longer_than_a_planned_one_decodes():
     result = decoder.generate(PROMPT, branches=titles, max_branch_tokens=8, max_new_tokens=100, stop=STOPS)
     assert [b.title for b in result.branches] == titles
     for branch in result.branches:
-        expected = reference_tokens(model, branch.context_ids, len(branch.token_ids), tokenizer.eos_token_id)
+        expected = reference_tokens(model, branch.context_ids, len(branch.token_ids), tokenizer.eos_token_id, tokenizer)
         assert branch.token_ids == expected
 
 
@@ -269,7 +263,7 @@ def test_default_model_titles_with_colons_are_exact_in_both_modes(default_decode
             seed_ids = decoder.tokenizer.encode(seed_text(branch.title), add_special_tokens=False)
             assert branch.context_ids[-len(seed_ids):] == seed_ids
             eos = min(decoder.eos_token_ids)
-            expected = reference_tokens(decoder.model, branch.context_ids, len(branch.token_ids), eos)
+            expected = reference_tokens(decoder.model, branch.context_ids, len(branch.token_ids), eos, decoder.tokenizer)
             assert branch.token_ids == expected, (parallel, branch.title)
     plain, rendered = ("####Step 1: gather data:", seed_text(titles[0]))
     encode = decoder.tokenizer.encode

@@ -7,7 +7,7 @@ construction if the tree mask and position ids are right; any difference is a bu
 
 import pytest
 import torch
-from tiny_models import byte_tokenizer, tiny_model
+from tiny_models import byte_tokenizer, reference_tokens, tiny_model
 
 from pbd_core import ParallelBranchDecoder
 
@@ -16,11 +16,6 @@ TITLES = ["alpha", "b", "gamma delta", "x", "longer title here", "six", "seven",
 STOPS = [chr(c) for c in range(33, 127, 4)]
 
 
-def reference_tokens(model, context_ids: list[int], n: int, eos_id: int) -> list[int]:
-    out = model.generate(
-        torch.tensor([context_ids]), max_new_tokens=n, do_sample=False, eos_token_id=eos_id, pad_token_id=eos_id
-    )
-    return out[0, len(context_ids) :].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +36,7 @@ def test_tiny_model_branches_equal_independent_greedy_decoding(arch, k, merge, t
     if k > 1:
         assert len({len(b.token_ids) for b in result.branches}) > 1, "branches should have unequal lengths"
     for branch in result.branches:
-        expected = reference_tokens(model, branch.context_ids, len(branch.token_ids), tokenizer.eos_token_id)
+        expected = reference_tokens(model, branch.context_ids, len(branch.token_ids), tokenizer.eos_token_id, tokenizer)
         assert branch.token_ids == expected, branch.title
     # Parallel stage: one forward pass per token of the longest branch, not k times that.
     assert result.stats.stage_forward_passes["parallel"] == max(len(b.token_ids) for b in result.branches)
@@ -67,5 +62,5 @@ def test_default_model_branches_equal_independent_greedy_decoding(default_decode
     if k > 1:
         assert len({len(b.token_ids) for b in result.branches}) > 1
     for branch in result.branches:
-        expected = reference_tokens(decoder.model, branch.context_ids, len(branch.token_ids), min(decoder.eos_token_ids))
+        expected = reference_tokens(decoder.model, branch.context_ids, len(branch.token_ids), min(decoder.eos_token_ids), decoder.tokenizer)
         assert branch.token_ids == expected, branch.title

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 from scripted_model import ScriptedLM, rules
-from tiny_models import byte_tokenizer, tiny_model
+from tiny_models import byte_tokenizer, reference_tokens, tiny_model
 
 from pbd_core import ParallelBranchDecoder, RawPrompt, ReadingOrder
 from pbd_core.plan_format import planned_entry_text, seed_text
@@ -24,11 +24,6 @@ FRUIT = ["Apples", "Bananas"]
 PLAN_TEXT = "####Apples: ...\n####Bananas: ...\n"
 
 
-def reference_tokens(model, context_ids: list[int], n: int, eos_id: int) -> list[int]:
-    out = model.generate(
-        torch.tensor([context_ids]), max_new_tokens=n, do_sample=False, eos_token_id=eos_id, pad_token_id=eos_id
-    )
-    return out[0, len(context_ids) :].tolist()
 
 
 def raw_text(result) -> str:
@@ -60,7 +55,7 @@ def test_branches_equal_plain_decoding_of_prefix_plus_plan_plus_own_title(arch, 
         # context_ids hold exactly the prompt, the plan and the branch's own title ...
         assert tokenizer.decode(branch.context_ids[prompt_tokens:]) == plan + seed_text(branch.title)
         # ... and the branch is plain greedy decoding of them.
-        expected = reference_tokens(model, branch.context_ids, len(branch.token_ids), tokenizer.eos_token_id)
+        expected = reference_tokens(model, branch.context_ids, len(branch.token_ids), tokenizer.eos_token_id, tokenizer)
         assert branch.token_ids == expected, branch.title
     assert result.stats.stage_forward_passes["parallel"] == max(len(b.token_ids) for b in result.branches)
     assert "...\n####" not in raw_text(result)  # the list itself is not part of the answer's text

@@ -170,7 +170,7 @@ def test_bad_repetition_penalty_is_a_clear_error(make_llm, penalty):
 
 
 def test_prompt_is_the_rendered_chat_template(make_llm):
-    llm, decoder = make_llm()
+    llm, decoder = make_llm(plan_instructions=False)  # planning instructions: test_the_llm_plans_by_default
     llm.chat([ChatMessage(role=MessageRole.SYSTEM, content="Be brief."), *USER])
     assert decoder.calls[0]["prompt"] == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -504,3 +504,17 @@ def test_text_answer_keeps_its_text_block(make_llm):
     response = llm.chat_with_tools([ADD], user_msg="x")
     assert [type(b) for b in response.message.blocks] == [TextBlock]
     assert json.dumps(response.raw["usage"])  # usage is plain JSON
+
+
+def test_the_llm_plans_by_default_and_can_be_told_not_to(make_llm):
+    from pbd_integrations.prompts import PLANNING_SYSTEM_PROMPT
+
+    llm, decoder = make_llm()
+    llm.chat(USER)
+    assert PLANNING_SYSTEM_PROMPT in decoder.calls[-1]["prompt"]
+    llm.complete("Check each record.", plan_instructions=False)
+    llm.complete("Compare tea and coffee.", branches=["Tea", "Coffee"])
+    assert "####%%%%" not in decoder.calls[-1]["prompt"] and "####%%%%" not in decoder.calls[-2]["prompt"]
+    quiet, decoder = make_llm(plan_instructions=False)
+    quiet.chat(USER)
+    assert "####%%%%" not in decoder.calls[-1]["prompt"]

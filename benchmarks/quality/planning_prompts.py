@@ -1,0 +1,158 @@
+"""Which system text makes a model plan where a prompt splits, and only there? (issue 11, planning)
+
+    python benchmarks/quality/planning_prompts.py --model qwen2.5-coder-0.5b [--limit 40] [--prompts shipped conditional]
+
+Each candidate system text is added to the system message exactly as the adapters add their planning
+instructions by default (`pbd_integrations.chat.inject_system_text`), then every parallelizable task of
+the quality suite (first ``--limit``) and every single prompt is asked through
+``ChatParallelBranch(model=..., temperature=0, plan_instructions=False)`` with that system message,
+greedy, ``max_tokens=64`` (a plan comes first; a title list cut short is still a plan). A prompt counts as
+planned when the engine decoded a parallel block (``response_metadata["parallel"]``). Printed per
+candidate: the planning rate on parallelizable prompts (want high) and on single prompts (want low), and
+how many plans had as many titles as the task has steps. Plans of one title are counted apart: a block of
+one branch decodes exactly as plain text would, so nothing runs in parallel. ``--json`` keeps every answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import tasks as T  # noqa: E402
+
+
+def candidates() -> dict[str, str]:
+    """The system texts compared: the shipped ones first, then drafts."""
+    from pbd_integrations import prompts
+
+    out = {"shipped-parallel": prompts.PARALLEL_SYSTEM_PROMPT}
+    if hasattr(prompts, "PLANNING_SYSTEM_PROMPT"):
+        out["planning-default"] = prompts.PLANNING_SYSTEM_PROMPT
+    out.update({name: text for name, text in DRAFTS.items() if text not in out.values()})
+    return out
+
+
+DRAFTS: dict[str, str] = {
+    "conditional": (
+        "If the request has two or more parts that can be worked out independently of each other (check each "
+        "of several items, answer several separate questions, compare several options), write each part as a "
+        "step: '####', a short title that names the part, ':', then the step. After the last step write "
+        "'####%%%%' and then the conclusion. If the request is one question, one calculation or one piece of "
+        "writing, answer it directly, without '####'.\n"
+        "Example of a request with independent parts:\n"
+        "Which of these are fruits: apple, carrot?\n"
+        "####Apple: An apple is a fruit.\n"
+        "####Carrot: A carrot is a vegetable.\n"
+        "####%%%%\n"
+        "The apple is a fruit; the carrot is not.\n"
+        "Example of a single request:\n"
+        "What is 12 times 3?\n"
+        "12 times 3 is 36."
+    ),
+    "examples3": (
+        "Answer in steps only when the request asks for the same kind of work on several separate things "
+        "(each of several items, records, options or questions). Then write each thing as a step: '####', a "
+        "short title that names it, ':', then the step; after the last step write '####%%%%' and the "
+        "conclusion. Anything else is one request: answer it directly, without '####'. One question, one "
+        "calculation, a word problem (its numbers depend on each other), a poem, a rewrite and an explanation "
+        "are each one request.\n"
+        "Example (several separate things):\n"
+        "Which of these are fruits: apple, carrot?\n"
+        "####Apple: An apple is a fruit.\n"
+        "####Carrot: A carrot is a vegetable.\n"
+        "####%%%%\n"
+        "The apple is a fruit; the carrot is not.\n"
+        "Example (one request):\n"
+        "A car drives 60 km per hour for 2 hours. How far does it go?\n"
+        "It goes 60 × 2 = 120 km.\n"
+        "Example (one request):\n"
+        "Write a short poem about rain.\n"
+        "Soft rain on the roof,\nthe garden drinks slowly,\nthe day turns to green."
+    ),
+    "conditional-short": (
+        "Only when the request lists several separate items, questions or options to handle one by one, "
+        "answer in steps: for each one write '####<its name>: <the step>', then '####%%%%' and the conclusion. "
+        "For anything else (one question, a calculation, a poem, a rewrite, an explanation) answer normally "
+        "and never write '####'.\n"
+        "Example: for \"Which of these are fruits: apple, carrot?\" answer\n"
+        "####Apple: An apple is a fruit.\n"
+        "####Carrot: A carrot is a vegetable.\n"
+        "####%%%%\n"
+        "The apple is a fruit; the carrot is not."
+    ),
+}
+
+
+def ask(llm: Any, system: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+    message = llm.invoke([("system", system), ("human", prompt)], max_tokens=max_tokens, max_branch_tokens=24)
+    meta = message.response_metadata
+    return {"planned": bool(meta.get("parallel")), "titles": [b["title"] for b in meta.get("branches") or []],
+            "content": message.content}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--limit", type=int, default=40, help="first N parallelizable tasks (kinds interleave)")
+    parser.add_argument("--single-limit", type=int, default=None)
+    parser.add_argument("--prompts", nargs="+", default=None, help="candidate names (default: all)")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from pbd_integrations import ChatParallelBranch
+    from pbd_integrations.registry import get_decoder
+
+    data = T.load(T.task_file(T.DEFAULT_SEED))
+    par, single = data["parallel"][: args.limit], data["single"][: args.single_limit]
+    decoder = get_decoder(args.model)
+    llm = ChatParallelBranch(model=decoder, temperature=0.0, plan_instructions=False)
+    report: dict[str, Any] = {"command": "python benchmarks/quality/planning_prompts.py "
+                              + " ".join(argv if argv is not None else sys.argv[1:]),
+                              "model": decoder.model_name, "candidates": {}}
+    for name, system in candidates().items():
+        if args.prompts and name not in args.prompts:
+            continue
+        t0 = time.perf_counter()
+        items = [(t, True) for t in par] + [(t, False) for t in single]
+        with ThreadPoolExecutor(args.workers) as pool:
+            answers = list(pool.map(lambda item: ask(llm, system, item[0]["prompt"], args.max_tokens), items))
+        rows = [{"id": t["id"], "parallelizable": p, "steps": len(t["steps"]) if p else 0, **a}
+                for (t, p), a in zip(items, answers)]
+        p_rows, s_rows = [r for r in rows if r["parallelizable"]], [r for r in rows if not r["parallelizable"]]
+        planned_p = sum(r["planned"] for r in p_rows)
+        planned_s = sum(r["planned"] for r in s_rows)
+        exact = sum(r["planned"] and len(r["titles"]) == r["steps"] for r in p_rows)
+        multi_p = sum(r["planned"] and len(r["titles"]) >= 2 for r in p_rows)
+        multi_s = sum(r["planned"] and len(r["titles"]) >= 2 for r in s_rows)
+        summary = {"parallelizable": f"{planned_p}/{len(p_rows)}", "single": f"{planned_s}/{len(s_rows)}",
+                   "parallelizable_two_or_more": f"{multi_p}/{len(p_rows)}", "single_two_or_more": f"{multi_s}/{len(s_rows)}",
+                   "plans_with_the_right_step_count": exact, "seconds": round(time.perf_counter() - t0, 1)}
+        report["candidates"][name] = {"system": system, "summary": summary, "rows": rows}
+        print(f"{decoder.model_name} [{name}]: planned {summary['parallelizable']} parallelizable, "
+              f"{summary['single']} single (with 2 or more branches: {multi_p} and {multi_s}); {exact} plans with "
+              f"the task's step count ({summary['seconds']} s)",
+              flush=True)
+        for r in s_rows:
+            if r["planned"]:
+                print(f"    single planned: {r['id']} -> {r['titles'][:6]}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
