@@ -79,13 +79,16 @@ class DecodeOptions:
     option changes nothing there. Off by default: on the quality suite it made both models worse, as they
     copy the list's elided bodies (`` ...``) into their steps (per-step accuracy in parallel 29% -> 2% on
     SmolLM2-135M, 57% -> 30% on Qwen2.5-Coder-0.5B; `benchmarks/quality/README.md`)."""
-    descriptive_titles: bool = False
+    descriptive_titles: bool = True
     """While the model plans, keep titles from starting with a number (``1``, ``2.``) or a generic word
     (the ``Step`` of ``Step 1``, ``Part 2``), which tell a branch nothing about its subject
     (`pbd_core.titles`): a token mask at each title's first token only. Caller-given titles are never
-    touched. In-process models only (a server samples on its own). Off by default: on SmolLM2-135M
-    (8 planning prompts, greedy, ``force_plan``) it changed 2 plans, both for the worse (instead of
-    ``Step 1``... the model ends its list after one or two titles and re-plans in the conclusion)."""
+    touched. In-process models only (a server samples on its own). On by default: with the adapters'
+    planning instructions, Qwen2.5-Coder-0.5B planned a block of two or more branches on 35 of 40
+    parallelizable prompts and 4 of 36 prompts with nothing to split, against 33/40 and 6/36 without it
+    (titles such as ``70 km per hour``, ``5 hours`` for a word problem are no longer planned;
+    `benchmarks/quality/planning_prompts.py`). On SmolLM2-135M (8 prompts, greedy, ``force_plan``) it
+    changed 2 plans, both for the worse (the list ended after one or two titles)."""
     nonempty_branches: bool = True
     """A branch may not end, nor write a blank line, before it has written a non-space character
     (`pbd_core.branch_start`): a token mask on a branch's first tokens only. Applies to caller-given and

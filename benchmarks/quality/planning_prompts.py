@@ -77,6 +77,22 @@ DRAFTS: dict[str, str] = {
         "Write a short poem about rain.\n"
         "Soft rain on the roof,\nthe garden drinks slowly,\nthe day turns to green."
     ),
+    "direct-first": (
+        "Answer directly. Only when the request asks for the same kind of work on several separate things "
+        "(each of several items, records, options or questions) answer in steps instead: write each thing as "
+        "a step, '####', a short title that names it, ':', then the step; after the last step write "
+        "'####%%%%' and the conclusion. One question, one calculation, a word problem (its numbers depend on "
+        "each other), a poem, a rewrite or an explanation is answered directly, without '####'.\n"
+        "Example (several separate things):\n"
+        "Which of these are fruits: apple, carrot?\n"
+        "####Apple: An apple is a fruit.\n"
+        "####Carrot: A carrot is a vegetable.\n"
+        "####%%%%\n"
+        "The apple is a fruit; the carrot is not.\n"
+        "Example (answered directly):\n"
+        "A car drives 60 km per hour for 2 hours. How far does it go?\n"
+        "It goes 60 × 2 = 120 km."
+    ),
     "conditional-short": (
         "Only when the request lists several separate items, questions or options to handle one by one, "
         "answer in steps: for each one write '####<its name>: <the step>', then '####%%%%' and the conclusion. "
@@ -91,8 +107,13 @@ DRAFTS: dict[str, str] = {
 }
 
 
+ENGINE_OPTIONS: dict[str, Any] = {}
+"""Engine options set with ``--set name=value`` (e.g. ``descriptive_titles=true``), passed to every request."""
+
+
 def ask(llm: Any, system: str, prompt: str, max_tokens: int) -> dict[str, Any]:
-    message = llm.invoke([("system", system), ("human", prompt)], max_tokens=max_tokens, max_branch_tokens=24)
+    message = llm.invoke([("system", system), ("human", prompt)], max_tokens=max_tokens, max_branch_tokens=24,
+                         **ENGINE_OPTIONS)
     meta = message.response_metadata
     return {"planned": bool(meta.get("parallel")), "titles": [b["title"] for b in meta.get("branches") or []],
             "content": message.content}
@@ -107,8 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="engine_options",
+                        help="an engine option for every request (JSON value); repeatable")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    for item in args.engine_options:
+        name, _, value = item.partition("=")
+        ENGINE_OPTIONS[name] = json.loads(value)
 
     import torch
 
@@ -122,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     llm = ChatParallelBranch(model=decoder, temperature=0.0, plan_instructions=False)
     report: dict[str, Any] = {"command": "python benchmarks/quality/planning_prompts.py "
                               + " ".join(argv if argv is not None else sys.argv[1:]),
-                              "model": decoder.model_name, "candidates": {}}
+                              "model": decoder.model_name, "engine_options": ENGINE_OPTIONS, "candidates": {}}
     for name, system in candidates().items():
         if args.prompts and name not in args.prompts:
             continue

@@ -148,7 +148,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
         default=False, description="Every branch sees the whole title list before its own title."
     )
     descriptive_titles: bool = Field(
-        default=False,
+        default=True,
         description="While the model plans, a title may not start with a number or 'Step'/'Part' (in-process models).",
     )
     nonempty_branches: bool = Field(

@@ -3,7 +3,7 @@
 With the option, while the model plans, a title may not start with a number
 (``1``, ``2.``) or a generic word (the ``Step`` of ``Step 1``): those tokens are
 masked at the title's first token only (`pbd_core.titles`), so the model takes
-its next choice. Caller-given titles are never touched. Off by default (see
+its next choice. Caller-given titles are never touched. On by default (see
 `DecodeOptions.descriptive_titles` for the measurement).
 """
 
@@ -63,7 +63,7 @@ def test_a_model_that_would_number_its_titles_names_them():
 
 def test_without_the_option_the_titles_are_numbers():
     decoder = decoder_for(ranked(NUMBERED, NAMED))
-    result = decoder.generate(RawPrompt("Q\n"))  # off by default
+    result = decoder.generate(RawPrompt("Q\n"), descriptive_titles=False)
     assert [(b.title, b.text) for b in result.branches] == [("1", " one.\n"), ("2", " two.\n")]
 
 
@@ -140,6 +140,7 @@ def test_only_in_process_models_plan_under_the_mask():
 
     assert run(True, descriptive_titles=True).title_constraint
     assert not run(False, descriptive_titles=True).title_constraint  # a server samples on its own
-    assert not run(True).title_constraint  # off by default
+    assert run(True).title_constraint  # on by default
+    assert not run(True, descriptive_titles=False).title_constraint
     assert not run(True, descriptive_titles=True, branches=["1"]).title_constraint
     assert not run(True, descriptive_titles=True, parallel=False).title_constraint
