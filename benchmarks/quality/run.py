@@ -164,6 +164,32 @@ def run_planned(llm, task: dict, system: bool, max_tokens: int) -> dict[str, Any
     return out
 
 
+def run_selfplanned(decoder, task: dict, parallel: bool) -> dict[str, Any]:
+    """The default path's prompt (the adapters' planning instructions as the system message), the model
+    plans for itself; ``parallel=False`` decodes the same prompt plainly. Steps are read from the planned
+    branches (plain decoding: the ``####`` sections it wrote), matched to the task's steps by title words."""
+    from pbd_integrations.prompts import PLANNING_SYSTEM_PROMPT
+
+    messages = [{"role": "system", "content": PLANNING_SYSTEM_PROMPT}, {"role": "user", "content": task["prompt"]}]
+    t0 = time.perf_counter()
+    result = decoder.generate(messages, parallel=parallel, temperature=0.0, max_new_tokens=task["max_new_tokens"],
+                              max_branch_tokens=task["max_branch_tokens"], **ENGINE_OPTIONS)
+    seconds = time.perf_counter() - t0
+    raw = S.raw_text(result)
+    branches = [(b.title, b.text) for b in result.branches]
+    bodies = S.match_planned_steps(task["steps"], branches)
+    return {
+        "seconds": round(seconds, 4),
+        "generated_tokens": result.stats.generated_tokens,
+        "planned": len(branches) >= 2,
+        "n_branches": len(branches),
+        "titles": [t for t, _ in branches],
+        "bodies": bodies,
+        "score": S.score_task(task, bodies, S.conclusion_of(raw)),
+        "raw_text": raw,
+    }
+
+
 # --------------------------------------------------------------------------- phases
 
 
@@ -277,6 +303,24 @@ def summarize(rows: list[dict], singles: list[dict], timing: list[dict], phases:
             "sequential_tokens_per_second": round(sum(t["seq_tokens"] for t in timing) / sum(seq_s), 2),
             "parallel_tokens_per_second": round(sum(t["par_tokens"] for t in timing) / sum(par_s), 2),
         }
+    selfplanned = [r for r in rows if "self_seq" in r and "self_par" in r]
+    if selfplanned:
+        seq_pairs = [(r["self_seq"]["score"]["n_correct"], r["self_seq"]["score"]["n_steps"]) for r in selfplanned]
+        par_pairs = [(r["self_par"]["score"]["n_correct"], r["self_par"]["score"]["n_steps"]) for r in selfplanned]
+        diff, (dlo, dhi) = S.paired_difference(seq_pairs, par_pairs)
+        both = [r for r in selfplanned if r["self_seq"]["planned"] and r["self_par"]["planned"]]
+        out["self_planned"] = {
+            "tasks": len(selfplanned),
+            "sequential": _accuracy(selfplanned, "self_seq"),
+            "parallel": _accuracy(selfplanned, "self_par"),
+            "parallel_minus_sequential": {"diff": round(diff, 4), "bootstrap95": [round(dlo, 4), round(dhi, 4)]},
+            "planned_sequential": sum(r["self_seq"]["planned"] for r in selfplanned),
+            "planned_parallel": sum(r["self_par"]["planned"] for r in selfplanned),
+            "both_planned": {"tasks": len(both), "sequential": _accuracy(both, "self_seq") if both else None,
+                             "parallel": _accuracy(both, "self_par") if both else None},
+            "seconds": {"sequential": round(sum(r["self_seq"]["seconds"] for r in selfplanned), 2),
+                        "parallel": round(sum(r["self_par"]["seconds"] for r in selfplanned), 2)},
+        }
     for mode in ("plain", "system"):
         par_rows = [r for r in rows if mode in r]
         single_rows = [r for r in singles if mode in r]
@@ -381,7 +425,33 @@ def markdown(doc: dict) -> str:
             f"{t['speedup_of_totals']}x of the totals, median {t['speedup_median']}x per task.",
             "",
         ]
-    for mode, label in (("plain", "no template (prompt only)"), ("system", "with `PARALLEL_SYSTEM_PROMPT`")):
+    sp = s.get("self_planned")
+    if sp:
+        d = sp["parallel_minus_sequential"]
+        lines += [
+            f"## Self-planned steps, parallel against plain decoding ({sp['tasks']} tasks)",
+            "",
+            "The adapters' planning instructions as the system message, the task as the user message, the model "
+            "plans for itself; plain decoding (`parallel=False`) of the same prompt is the baseline. The steps "
+            "are the planned branches (plain decoding: its `####` sections), matched to the task's steps by "
+            "title words; a step with no branch counts as wrong in both modes.",
+            "",
+            "| | per-step accuracy [Wilson 95%] | task bootstrap 95% | answers with 2+ steps |",
+            "|---|---|---|---|",
+            f"| plain decoding | {_pct(sp['sequential'])} | [{100 * sp['sequential']['bootstrap95'][0]:.1f}, "
+            f"{100 * sp['sequential']['bootstrap95'][1]:.1f}] | {sp['planned_sequential']}/{sp['tasks']} |",
+            f"| parallel | {_pct(sp['parallel'])} | [{100 * sp['parallel']['bootstrap95'][0]:.1f}, "
+            f"{100 * sp['parallel']['bootstrap95'][1]:.1f}] | {sp['planned_parallel']}/{sp['tasks']} |",
+            "",
+            f"Parallel minus plain: {100 * d['diff']:+.1f} points [{100 * d['bootstrap95'][0]:+.1f}, "
+            f"{100 * d['bootstrap95'][1]:+.1f}]. On the {sp['both_planned']['tasks']} tasks planned both ways: "
+            f"plain {_pct(sp['both_planned']['sequential'])}, parallel {_pct(sp['both_planned']['parallel'])}. "
+            f"Time (8 at a time): plain {sp['seconds']['sequential']} s, parallel {sp['seconds']['parallel']} s of "
+            "summed request time.",
+            "",
+        ]
+    for mode, label in (("plain", "default path (the adapters' planning instructions)"),
+                        ("system", "with `PARALLEL_SYSTEM_PROMPT`")):
         p = s.get(f"planned_{mode}")
         if not p:
             continue
@@ -389,7 +459,10 @@ def markdown(doc: dict) -> str:
             f"## Self-planned, {label} (`ChatParallelBranch`, max_tokens {cfg.get('planned_max_tokens')})",
             "",
             f"Planned a parallel block on parallelizable prompts: {_pct(p['parallelizable'])}; "
-            f"on prompts with no parallel structure: {_pct(p['single'])}. Mean branches when planned: "
+            f"on prompts with no parallel structure: {_pct(p['single'])}. Blocks of two or more branches "
+            "(a block of one decodes exactly as plain text): "
+            f"{_pct(p.get('parallelizable_two_or_more_branches'))} and {_pct(p.get('single_two_or_more_branches'))}. "
+            "Mean branches when planned: "
             f"{p['planned_branches_mean']}; as many branches as the task's steps: {p['planned_branches_equal_steps']}. "
             f"Of all {p.get('plans', 0)} plans: {p.get('plans_with_distinct_titles', 0)} with distinct titles, "
             f"{p.get('plans_copying_the_prompt_example', 0)} with a title copied from the system prompt's example "
@@ -452,8 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--planned-tokens", type=int, default=96,
                         help="max_tokens of the self-planned answers (a plan, if any, comes first; a plan cut short "
                              "is still decoded as a block, so this bounds the cost without hiding plans)")
-    parser.add_argument("--phases", nargs="+", default=["timing", "given", "planned"],
-                        choices=["timing", "given", "planned"])
+    parser.add_argument("--phases", nargs="+", default=["timing", "given", "selfplan", "planned"],
+                        choices=["timing", "given", "selfplan", "planned"])
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="engine_options",
                         help="an engine option for every request (JSON value, e.g. --set plan_in_view=true); repeatable")
     parser.add_argument("--out", default=None, help="results JSON (default results/<model>.json); .md beside it")
@@ -552,6 +625,13 @@ def main(argv: list[str] | None = None) -> int:
         for key, parallel in (("seq", False), ("par", True)):
             results, phases[f"given_{key}"] = pool_phase(
                 f"given {key}", [lambda t=t, p=parallel: run_given(decoder, t, p) for t in par_tasks], args.workers)
+            for row, r in zip(rows, results):
+                row[key] = r
+            save()
+    if "selfplan" in args.phases:
+        for key, parallel in (("self_seq", False), ("self_par", True)):
+            results, phases[key] = pool_phase(
+                key, [lambda t=t, p=parallel: run_selfplanned(decoder, t, p) for t in par_tasks], args.workers)
             for row, r in zip(rows, results):
                 row[key] = r
             save()

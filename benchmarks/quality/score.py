@@ -188,6 +188,43 @@ def steps_of_result(result: Any, titles: Sequence[str]) -> tuple[list[str | None
     return [by_title.get(t) for t in titles], source
 
 
+_FILLER = frozenset(
+    "a an and at does do for how in is it its of on the to what which who step answer total cost price "
+    "pass passes much many".split()
+)
+
+
+def _title_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9.]+", text.lower()) if w not in _FILLER and (len(w) > 1 or w.isdigit())}
+
+
+def match_planned_steps(steps: Sequence[dict[str, Any]], branches: Sequence[tuple[str, str]]) -> list[str | None]:
+    """Bodies of the model's own planned branches, aligned with the task's steps (None: no branch for a step).
+
+    A model that plans for itself names its steps in its own words (``Zoe`` for "Does Zoe pass?",
+    ``83 minus 9`` for "What is 83 minus 9?"). Each step takes the unused branch whose title shares the
+    most words with the step's title (filler words aside), at least one; ties go to the earlier branch.
+    When no title shares a word with any step and there are as many branches as steps, they are taken in
+    order. The same rule reads both modes' answers.
+    """
+    step_words = [_title_words(s["title"]) for s in steps]
+    branch_words = [_title_words(title) for title, _ in branches]
+    pairs = sorted(
+        ((len(sw & bw), -j, -i, i, j) for i, sw in enumerate(step_words) for j, bw in enumerate(branch_words)),
+        reverse=True,
+    )
+    out: list[str | None] = [None] * len(steps)
+    used: set[int] = set()
+    for overlap, _, _, i, j in pairs:
+        if overlap == 0:
+            break
+        if out[i] is None and j not in used:
+            out[i], _ = branches[j][1], used.add(j)
+    if not used and len(branches) == len(steps):
+        out = [body for _, body in branches]
+    return out
+
+
 def conclusion_of(text: str) -> str:
     """What follows ``####%%%%`` (the conclusion), or ``""``."""
     head, sep, tail = text.partition(CLOSE_MARKER)
