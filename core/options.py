@@ -89,6 +89,13 @@ class DecodeOptions:
     (titles such as ``70 km per hour``, ``5 hours`` for a word problem are no longer planned;
     `benchmarks/quality/planning_prompts.py`). On SmolLM2-135M (8 prompts, greedy, ``force_plan``) it
     changed 2 plans, both for the worse (the list ended after one or two titles)."""
+    single_title_plans: bool = False
+    """Whether a list of one title the model plans by itself is decoded as a block of one branch. ``False``
+    (default): the list is dropped once per answer and the model answers directly, its first token may not
+    start a list (`pbd_core.plan_gate`); a block of one branch decodes nothing in parallel, it only wraps a
+    direct answer in a title and a conclusion. Measured: with the adapters' planning instructions,
+    Qwen2.5-Coder-0.5B listed one title for 5 of 6 haikus and 5 of 6 one-sentence rewrites. Forced plans
+    and caller-given titles are never touched. In-process models only."""
     nonempty_branches: bool = True
     """A branch may not end, nor write a blank line, before it has written a non-space character
     (`pbd_core.branch_start`): a token mask on a branch's first tokens only. Applies to caller-given and
@@ -129,7 +136,7 @@ class DecodeOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or (not isinstance(value, bool) and value < 0):
                 raise ValueError(f"{name} must be a bool or an int >= 0 (repeated tokens; 0 = off), got {value!r}")
-        for name in ("plan_in_view", "descriptive_titles", "nonempty_branches"):
+        for name in ("plan_in_view", "descriptive_titles", "nonempty_branches", "single_title_plans"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.output_format not in OUTPUT_FORMATS:

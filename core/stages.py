@@ -62,6 +62,7 @@ from .plan_format import (
 from .prompting import encode
 from .repetition import RepetitionGuard, guard_tokens
 from .branch_start import NonEmptyBranch
+from .plan_gate import NoMarkerFirst
 from .titles import DescriptiveTitles
 from .types import (
     BranchEndEvent,
@@ -156,6 +157,8 @@ class DecodeRun:
         self.branch_guard = 0 if options.constraint is not None else guard_tokens(options.repetition_guard)
         self.trunk_guard = 0 if options.constraint is not None else guard_tokens(options.trunk_repetition_guard)
         self.title_constraint = self.planning and options.descriptive_titles and token_constraints
+        # A model's list of one title is dropped once and the model answers directly (`pbd_core.plan_gate`).
+        self.single_title_retry = self.planning and not options.single_title_plans and token_constraints
         self.branch_constraint = options.constraint
         if options.nonempty_branches and options.constraint is None and token_constraints:
             self.branch_constraint = functools.partial(NonEmptyBranch, tokenizer)
@@ -215,12 +218,18 @@ class DecodeRun:
                 finish = yield from self._parallel_then_merge(list(self.options.branches))
             else:
                 finish = yield from self._sequential_steps(list(self.options.branches))
+        no_marker_first = False
         while finish is None:
-            outcome = yield from self._trunk_run(forced)
-            forced = []
+            outcome = yield from self._trunk_run(forced, no_marker_first=no_marker_first)
+            planned_by_model, forced, no_marker_first = not forced, [], False
             if outcome.finish is not None:
                 finish = outcome.finish
                 break
+            if len(outcome.titles) == 1 and planned_by_model and self.single_title_retry:
+                self.single_title_retry = False  # once per answer
+                self.stats.dropped_single_title_plans += 1
+                no_marker_first = True  # the model's next choice instead of "####": a direct answer
+                continue
             finish = yield from self._parallel_then_merge(outcome.titles)
         self._enter(self._stage)
         yield FinalEvent(self._result(finish))
@@ -245,11 +254,12 @@ class DecodeRun:
 
     # ------------------------------------------------------------------ trunk
 
-    def _trunk_run(self, forced: list[int] = ()) -> Run:
+    def _trunk_run(self, forced: list[int] = (), no_marker_first: bool = False) -> Run:
         """Decode shared text until EOS, a stop string, the budget, or a complete title list.
 
         ``forced`` are tokens the engine writes at the start of this run (a ``####`` that
-        opens a plan): they belong to the run's text but are not sampled.
+        opens a plan): they belong to the run's text but are not sampled. ``no_marker_first``:
+        the first sampled token may not start with ``#`` (after a dropped one-title list).
         """
         segment = _Segment(TextStream(self.tokenizer, self.context[-4:]), len(self.context))
         if self.trunk_guard:
@@ -259,6 +269,8 @@ class DecodeRun:
         constraint = self.options.constraint
         if self.title_constraint:  # keeps the titles the model plans in this run from starting with a number
             constraint = functools.partial(DescriptiveTitles, self.tokenizer, (self.context + list(forced))[-8:])
+        if no_marker_first:
+            constraint = functools.partial(NoMarkerFirst, self.tokenizer)
         segment.handle = yield Decode(
             self.context + list(forced),
             max_tokens=max(1, self.budget_left),

@@ -76,6 +76,9 @@ class DecodeStats:
     stage_seconds: dict[str, float] = field(default_factory=lambda: {"plan": 0.0, "parallel": 0.0, "merge": 0.0})
     stage_forward_passes: dict[str, int] = field(default_factory=lambda: {"plan": 0, "parallel": 0, "merge": 0})
     max_live_branches: int = 0
+    dropped_single_title_plans: int = 0
+    """Lists of one title the model wrote and the engine dropped, the model then answering directly
+    (`pbd_core.plan_gate`); their tokens count in ``generated_tokens``."""
     kv_tokens: int = 0
     """Length of the KV cache at the end of the decode (one copy of the prefix)."""
     peak_kv_tokens: int = 0
@@ -100,6 +103,7 @@ class DecodeStats:
             "stage_seconds": {k: round(v, 6) for k, v in self.stage_seconds.items()},
             "stage_forward_passes": dict(self.stage_forward_passes),
             "max_live_branches": self.max_live_branches,
+            "dropped_single_title_plans": self.dropped_single_title_plans,
             "kv_tokens": self.kv_tokens,
             "peak_kv_tokens": self.peak_kv_tokens,
             **({"server_usage": dict(self.server_usage)} if self.server_usage is not None else {}),

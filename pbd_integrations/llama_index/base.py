@@ -151,6 +151,10 @@ class ParallelBranchLLM(FunctionCallingLLM):
         default=True,
         description="While the model plans, a title may not start with a number or 'Step'/'Part' (in-process models).",
     )
+    single_title_plans: bool = Field(
+        default=False,
+        description="Decode a one-title list the model plans as a block; False drops it once and the model answers directly.",
+    )
     nonempty_branches: bool = Field(
         default=True,
         description="A branch may not end before it has written a non-space character (in-process models).",

@@ -7,7 +7,7 @@ Everything here is free of I/O, so it is tested without a socket:
   name (``branches``, ``max_branch_tokens``, ``max_branches``, ``merge``, ``parallel``,
   ``force_plan``, ``top_k``, ``repetition_penalty``, ``output_format``: ``"readable"``, the default,
   or ``"raw"`` for the branch-format text; ``repetition_guard``, ``trunk_repetition_guard``,
-  ``plan_in_view``, ``descriptive_titles``, ``nonempty_branches``); vLLM's completion extensions that
+  ``plan_in_view``, ``descriptive_titles``, ``nonempty_branches``, ``single_title_plans``); vLLM's completion extensions that
   `pbd_core.executors.remote` sends are honoured (``return_token_ids``,
   ``include_stop_str_in_output``, ``structured_outputs``, ``skip_special_tokens``).
   Unknown fields are ignored, as vLLM does; unsupported values of known fields
@@ -189,6 +189,7 @@ class _Request(BaseModel):
     plan_in_view: bool | None = None
     descriptive_titles: bool | None = None
     nonempty_branches: bool | None = None
+    single_title_plans: bool | None = None
     output_format: Literal["readable", "raw"] | None = None
     """What ``content``/``text`` holds: the answer as a user reads it (each step under a ``**<title>**`` line,
     no format markers; the default), or ``raw``: the branch-format text (``####<title>:...####%%%%...``)."""
@@ -433,7 +434,7 @@ def _options(request: _Request, max_tokens: int | None) -> dict[str, Any]:
         options["max_new_tokens"] = max_tokens
     for name in ("temperature", "top_p", "top_k", "seed", "branches", "max_branch_tokens", "max_branches",
                  "merge", "parallel", "force_plan", "output_format", "repetition_guard", "trunk_repetition_guard",
-                 "plan_in_view", "descriptive_titles", "nonempty_branches"):
+                 "plan_in_view", "descriptive_titles", "nonempty_branches", "single_title_plans"):
         value = getattr(request, name)
         if value is not None:
             options[name] = value

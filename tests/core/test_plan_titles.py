@@ -103,7 +103,7 @@ def test_numbers_elsewhere_are_untouched():
         ("####Top 3 fruit:", " 1. apples, 2. pears.\n####"),
         ("####%%%%\n", "All 3 done."),
     ))
-    result = decoder.generate(RawPrompt("Q\n"), descriptive_titles=True)
+    result = decoder.generate(RawPrompt("Q\n"), descriptive_titles=True, single_title_plans=True)  # a list of one
     assert raw_text(result) == "In 2024 we had 3 goals.\n####Top 3 fruit: 1. apples, 2. pears.\n####%%%%\nAll 3 done."
 
 

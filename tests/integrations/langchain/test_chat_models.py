@@ -149,7 +149,7 @@ def test_bad_options_fail_with_the_option_named(fake_decoder: FakeDecoder) -> No
 
 
 def test_messages_render_through_the_chat_template(fake_decoder: FakeDecoder) -> None:
-    model = ChatParallelBranch(model=fake_decoder)
+    model = ChatParallelBranch(model=fake_decoder, plan_instructions=False)  # planning: test_plan_instructions.py
     model.invoke(
         [
             SystemMessage("Be brief."),
