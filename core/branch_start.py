@@ -37,6 +37,8 @@ from typing import Any
 
 import torch
 
+from .detokenize import token_texts
+
 
 class NonEmptyBranch:
     """Masks the tokens that would end a branch or break its line until it has written a non-space character."""
@@ -65,12 +67,7 @@ class NonEmptyBranch:
 @functools.lru_cache(maxsize=8)
 def _ending_tokens(tokenizer: Any) -> torch.Tensor:
     """Ids of tokens a blank branch may not take: special, ``#`` after spaces, or a blank line break (found once)."""
-    size = len(tokenizer)
-    batch_decode = getattr(tokenizer, "batch_decode", None)
-    if batch_decode is not None:
-        texts = batch_decode([[i] for i in range(size)], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    else:  # pragma: no cover - tokenizers without batch decoding
-        texts = [tokenizer.decode([i], skip_special_tokens=True) for i in range(size)]
+    texts = token_texts(tokenizer)
     return torch.tensor([i for i, t in enumerate(texts) if _ends_or_breaks(t)], dtype=torch.long)
 
 

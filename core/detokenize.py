@@ -9,7 +9,9 @@ re-decode of the whole stream.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 class TextStream:
@@ -80,3 +82,17 @@ def held_back(text: str, needles: Iterable[str]) -> int:
                 longest = size
                 break
     return longest
+
+
+@functools.lru_cache(maxsize=8)
+def token_texts(tokenizer: Any) -> tuple[str, ...]:
+    """The text of every token id on its own (special tokens: ``""``), decoded once per tokenizer.
+
+    For token masks that pick tokens by their text (`pbd_core.titles`, `pbd_core.branch_start`,
+    `pbd_core.plan_gate`); SmolLM2's 49k tokens take about 0.3 s.
+    """
+    ids = [[i] for i in range(len(tokenizer))]
+    batch_decode = getattr(tokenizer, "batch_decode", None)
+    if batch_decode is not None:
+        return tuple(batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+    return tuple(tokenizer.decode(i, skip_special_tokens=True) for i in ids)  # pragma: no cover

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from .detokenize import token_texts
+
 
 class NoMarkerFirst:
     """A `TokenConstraint` for one stream: its first token may not start with ``#`` (spaces aside)."""
@@ -48,10 +50,5 @@ class NoMarkerFirst:
 @functools.lru_cache(maxsize=8)
 def _marker_tokens(tokenizer: Any) -> torch.Tensor:
     """Ids of the tokens whose text starts with ``#`` after any spaces (found once per tokenizer)."""
-    size = len(tokenizer)
-    batch_decode = getattr(tokenizer, "batch_decode", None)
-    if batch_decode is not None:
-        texts = batch_decode([[i] for i in range(size)], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    else:  # pragma: no cover - tokenizers without batch decoding
-        texts = [tokenizer.decode([i], skip_special_tokens=True) for i in range(size)]
+    texts = token_texts(tokenizer)
     return torch.tensor([i for i, t in enumerate(texts) if t.lstrip().startswith("#")], dtype=torch.long)

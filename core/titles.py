@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from .detokenize import TextStream
+from .detokenize import TextStream, token_texts
 from .plan_format import MAX_TITLE_CHARS, STEP_MARKER
 
 GENERIC_WORDS = ("step", "part", "phase", "stage", "section", "chapter", "task", "item", "option", "question")
@@ -94,10 +94,5 @@ class DescriptiveTitles:
 @functools.lru_cache(maxsize=8)
 def _banned_tokens(tokenizer: Any) -> torch.Tensor:
     """Ids of the tokens a planned title may not start with, found once per tokenizer (SmolLM2: 0.3 s)."""
-    size = len(tokenizer)
-    batch_decode = getattr(tokenizer, "batch_decode", None)
-    if batch_decode is not None:
-        texts = batch_decode([[i] for i in range(size)], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    else:  # pragma: no cover - tokenizers without batch decoding
-        texts = [tokenizer.decode([i]) for i in range(size)]
+    texts = token_texts(tokenizer)
     return torch.tensor([i for i, t in enumerate(texts) if _BANNED_TOKEN.match(t)], dtype=torch.long)
