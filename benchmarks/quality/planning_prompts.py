@@ -9,14 +9,15 @@ the quality suite (first ``--limit``) and every single prompt is asked through
 greedy, ``max_tokens=64`` (a plan comes first; a title list cut short is still a plan). A prompt counts as
 planned when the engine decoded a parallel block (``response_metadata["parallel"]``). Printed per
 candidate: the planning rate on parallelizable prompts (want high) and on single prompts (want low), and
-how many plans had as many titles as the task has steps. Plans of one title are counted apart: a block of
-one branch decodes exactly as plain text would, so nothing runs in parallel. ``--json`` keeps every answer.
+how many plans had as many titles as the task has steps. Answers whose largest block has two or more branches
+are counted apart: a block of one branch decodes exactly as plain text would, so nothing runs in parallel. ``--json`` keeps every answer.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -99,7 +100,9 @@ def ask(llm: Any, system: str, prompt: str, max_tokens: int) -> dict[str, Any]:
     message = llm.invoke([("system", system), ("human", prompt)], max_tokens=max_tokens, max_branch_tokens=24,
                          **ENGINE_OPTIONS)
     meta = message.response_metadata
-    return {"planned": bool(meta.get("parallel")), "titles": [b["title"] for b in meta.get("branches") or []],
+    branches = meta.get("branches") or []
+    return {"planned": bool(meta.get("parallel")), "titles": [b["title"] for b in branches],
+            "largest_block": max(Counter(b["block"] for b in branches).values(), default=0),
             "content": message.content}
 
 
@@ -146,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         planned_p = sum(r["planned"] for r in p_rows)
         planned_s = sum(r["planned"] for r in s_rows)
         exact = sum(r["planned"] and len(r["titles"]) == r["steps"] for r in p_rows)
-        multi_p = sum(r["planned"] and len(r["titles"]) >= 2 for r in p_rows)
-        multi_s = sum(r["planned"] and len(r["titles"]) >= 2 for r in s_rows)
+        multi_p = sum(r["largest_block"] >= 2 for r in p_rows)
+        multi_s = sum(r["largest_block"] >= 2 for r in s_rows)
         summary = {"parallelizable": f"{planned_p}/{len(p_rows)}", "single": f"{planned_s}/{len(s_rows)}",
                    "parallelizable_two_or_more": f"{multi_p}/{len(p_rows)}", "single_two_or_more": f"{multi_s}/{len(s_rows)}",
                    "plans_with_the_right_step_count": exact, "seconds": round(time.perf_counter() - t0, 1)}
