@@ -55,18 +55,38 @@ PLANNING_SYSTEM_PROMPT = (
     "What is 12 times 3?\n"
     "12 times 3 is 36."
 )
-"""What the adapters add to the system message by default (``plan_instructions=True``), so a model plans
+"""What the adapters add to the system message by default (``plan_instructions``), so a model plans
 on the user's own prompts: the branch format only where a request splits into independent parts, with
 one example of each case (`benchmarks/quality/planning_prompts.py` measures the alternatives)."""
 
 
-def planning_instructions(messages: list[dict[str, object]], *, branches: object, parallel: bool) -> str | None:
+MODELS_WITHOUT_PLANNING_INSTRUCTIONS: frozenset[str] = frozenset({"SmolLM2-135M-Instruct"})
+"""Models whose answers the planning instructions make worse, so ``plan_instructions=None`` (the default)
+leaves them out. SmolLM2-135M planned on 0 of 40 parallelizable prompts with them
+(`benchmarks/quality/planning_prompts.py`) and copied their example instead of answering: "Count from
+1 to 10" came back as "12 times 3 is 36."."""
+
+
+def planning_instructions(
+    messages: list[dict[str, object]],
+    *,
+    branches: object,
+    parallel: bool,
+    model_name: str | None = None,
+    requested: bool | None = None,
+) -> str | None:
     """The system text that makes the model plan by itself, or None where it does not apply.
 
-    Not added when the caller gave the branches, decodes plainly (``parallel=False``), or the
+    Args:
+        requested: the adapter's ``plan_instructions``: True adds them, False never; None (default)
+            adds them unless ``model_name`` is one of `MODELS_WITHOUT_PLANNING_INSTRUCTIONS`.
+
+    Never added when the caller gave the branches, decodes plainly (``parallel=False``), or the
     conversation already carries the branch format (one of our templates, or the user's own
     instructions mentioning ``####%%%%``).
     """
+    if requested is False or (requested is None and model_name in MODELS_WITHOUT_PLANNING_INSTRUCTIONS):
+        return None
     if branches is not None or not parallel:
         return None
     for message in messages:

@@ -403,10 +403,12 @@ class ChatParallelBranch(BaseChatModel):
     """``readable`` (default): the message content is the answer as a user reads it, each step under a
     ``**<title>**`` line, no format markers; ``raw``: the branch-format text (``####<title>:...####%%%%...``).
     Either way ``response_metadata["raw_text"]`` has the format text. Also per call: ``output_format="raw"``."""
-    plan_instructions: bool = True
+    plan_instructions: bool | None = None
     """Add the branch-format instructions (`pbd_integrations.prompts.PLANNING_SYSTEM_PROMPT`) to the
     system message, so the model plans independent steps on the user's own prompts (chains, agents) and
-    answers directly otherwise. Not added with caller-given ``branches``, tools, structured output,
+    answers directly otherwise. ``None`` (default): added unless the model is known to answer worse with
+    them (`pbd_integrations.prompts.MODELS_WITHOUT_PLANNING_INSTRUCTIONS`: the default SmolLM2-135M);
+    ``True``: always; ``False``: never. Not added with caller-given ``branches``, tools, structured output,
     ``parallel=False``, or when the conversation already has the format. Also per call."""
     seed: int | None = None
     repetition_penalty: float = 1.0
@@ -545,8 +547,10 @@ class ChatParallelBranch(BaseChatModel):
             tools = None
         engine_messages = _convert_messages(messages)
         system_text = json_instructions(described) if wants_json else None
-        if plan_instructions and not tools and not wants_json:
-            system_text = planning_instructions(engine_messages, branches=options.get("branches"), parallel=options["parallel"])
+        if not tools and not wants_json:
+            system_text = planning_instructions(engine_messages, branches=options.get("branches"),
+                                                parallel=options["parallel"], model_name=decoder.model_name,
+                                                requested=plan_instructions)
         prompt = RawPrompt(render_chat(decoder, engine_messages, tools=tools, system_text=system_text))
         if tools:
             # With tools and a response format (an agent's structured answer), the model

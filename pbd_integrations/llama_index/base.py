@@ -159,12 +159,13 @@ class ParallelBranchLLM(FunctionCallingLLM):
         default=True,
         description="A branch may not end before it has written a non-space character (in-process models).",
     )
-    plan_instructions: bool = Field(
-        default=True,
+    plan_instructions: bool | None = Field(
+        default=None,
         description=(
             "Add the branch-format instructions (pbd_integrations.prompts.PLANNING_SYSTEM_PROMPT) to the system "
-            "message so the model plans independent steps on the caller's own prompts; not added with caller "
-            "branches, tools, structured output, parallel=False, or when the conversation has the format."
+            "message so the model plans independent steps on the caller's own prompts. None (default): unless the "
+            "model answers worse with them (MODELS_WITHOUT_PLANNING_INSTRUCTIONS: the default SmolLM2-135M); True: "
+            "always; False: never. Not added with caller branches, tools, structured output or parallel=False."
         ),
     )
     repetition_penalty: float = Field(
@@ -269,8 +270,10 @@ class ParallelBranchLLM(FunctionCallingLLM):
         decoder = self.decoder
         engine_messages = to_engine_messages(messages)
         system_text = json_instructions(described) if wants_json else None
-        if plan_instructions and not tools and not wants_json:
-            system_text = planning_instructions(engine_messages, branches=options.get("branches"), parallel=options["parallel"])
+        if not tools and not wants_json:
+            system_text = planning_instructions(engine_messages, branches=options.get("branches"),
+                                                parallel=options["parallel"], model_name=decoder.model_name,
+                                                requested=plan_instructions)
         prompt = RawPrompt(render_chat(decoder, engine_messages, tools=tools, system_text=system_text))
         if wants_json and not tools:  # the answer is one JSON value under the schema's grammar
             options["constraint"] = cached_json_constraint(decoder.tokenizer, json.dumps(schema or {"type": "object"}))

@@ -84,3 +84,13 @@ def test_planning_instructions_reads_list_contents_too():
     messages = [{"role": "user", "content": [{"type": "text", "text": "steps then ####%%%% and a conclusion"}]}]
     assert planning_instructions(messages, branches=None, parallel=True) is None
     assert planning_instructions([{"role": "user", "content": "hi"}], branches=None, parallel=True) == PLANNING_SYSTEM_PROMPT
+
+
+def test_a_model_known_to_answer_worse_with_them_gets_none_by_default():
+    """SmolLM2-135M copied the instructions' example instead of answering (``MODELS_WITHOUT_PLANNING_INSTRUCTIONS``)."""
+    decoder = FakeDecoder(model_name="SmolLM2-135M-Instruct")
+    ChatParallelBranch(model=decoder).invoke("Count from 1 to 10.")
+    assert "####%%%%" not in prompt_of(decoder)
+    ChatParallelBranch(model=decoder, plan_instructions=True).invoke("Count from 1 to 10.")
+    assert PLANNING_SYSTEM_PROMPT in prompt_of(decoder)
+

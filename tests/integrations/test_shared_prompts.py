@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from pbd_integrations.prompts import PARALLEL_SYSTEM_PROMPT, TEMPLATES, format_branch_prompt, template_variables
+from pbd_integrations.prompts import (
+    PARALLEL_SYSTEM_PROMPT,
+    PLANNING_SYSTEM_PROMPT,
+    TEMPLATES,
+    format_branch_prompt,
+    template_variables,
+)
 
 
 @pytest.mark.parametrize("kind", sorted(TEMPLATES))
 def test_every_template_teaches_the_engine_format(kind: str) -> None:
     text = TEMPLATES[kind]
     assert "####" in text and "####%%%%" in text
-    assert text.startswith(PARALLEL_SYSTEM_PROMPT)
+    assert text.startswith((PARALLEL_SYSTEM_PROMPT, PLANNING_SYSTEM_PROMPT))
 
 
 @pytest.mark.parametrize(
