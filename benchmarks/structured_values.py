@@ -122,14 +122,13 @@ VARIANTS: dict[str, Callable[[dict[str, Any] | None], str] | None] = {"current":
 
 def run(model: Any, variant: str, items: list[dict[str, Any]], method: str = "json_schema") -> dict[str, Any]:
     from pbd_integrations import ChatParallelBranch
-    from pbd_integrations.langchain import chat_models
 
     from pbd_integrations import chat
 
     patched = VARIANTS.get(variant)
-    original, original_tools = chat_models.json_instructions, chat.tool_prompt
+    original, original_tools = chat.json_instructions, chat.tool_prompt
     if patched is not None:
-        chat_models.json_instructions = patched
+        chat.json_instructions = patched
     if variant in TOOL_VARIANTS:
         chat.tool_prompt = _tool_prompt_with(TOOL_VARIANTS[variant])
     try:
@@ -154,7 +153,7 @@ def run(model: Any, variant: str, items: list[dict[str, Any]], method: str = "js
             answers = list(pool.map(ask, items))
         seconds = time.perf_counter() - t0
     finally:
-        chat_models.json_instructions, chat.tool_prompt = original, original_tools
+        chat.json_instructions, chat.tool_prompt = original, original_tools
     rows = []
     for item, (answer, error) in zip(items, answers):
         rows.append({"kind": item["kind"], "prompt": item["prompt"], "expected": item["expected"],

@@ -60,6 +60,29 @@ def json_instructions(schema: dict[str, Any] | None) -> str:
     )
 
 
+def added_system_text(
+    messages: list[dict[str, Any]],
+    *,
+    tools: object,
+    wants_json: bool,
+    schema: dict[str, Any] | None,
+    options: dict[str, Any],
+    model_name: str | None,
+    plan_instructions: bool | None,
+) -> str | None:
+    """What an adapter appends to the system message: the JSON schema's instructions for a structured
+    answer, nothing extra with tools (the chat template presents them), else the planning instructions
+    where they apply (`pbd_integrations.prompts.planning_instructions`)."""
+    from .prompts import planning_instructions
+
+    if wants_json:
+        return json_instructions(schema)
+    if tools:
+        return None
+    return planning_instructions(messages, branches=options.get("branches"), parallel=options.get("parallel", True),
+                                 model_name=model_name, requested=plan_instructions)
+
+
 def _with_dict_arguments(message: dict[str, Any]) -> dict[str, Any]:
     """Chat templates expect tool-call arguments as a mapping, not a JSON string."""
     calls = message.get("tool_calls")

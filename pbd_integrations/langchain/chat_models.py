@@ -49,11 +49,10 @@ from pydantic import BaseModel, Field, PrivateAttr, SecretStr, model_validator
 from typing_extensions import Self
 
 from pbd_core.options import CALL_OPTION_NAMES
-from pbd_integrations.chat import json_instructions, render_chat
+from pbd_integrations.chat import added_system_text, render_chat
 from pbd_integrations.grammar import json_schema_constraint, tool_call_constraint
 from pbd_integrations.parallel_tools import tool_call_plan, wants_plan, with_penalty
 from pbd_integrations.penalties import punctuation_exemption, with_repetition_penalty
-from pbd_integrations.prompts import planning_instructions
 from pbd_integrations.registry import get_decoder, get_remote_decoder
 from pbd_integrations.runner import aiterate_events, is_remote, iterate_events
 from pbd_integrations.structured import response_schema as _response_schema
@@ -546,11 +545,9 @@ class ChatParallelBranch(BaseChatModel):
         if choice == "none":
             tools = None
         engine_messages = _convert_messages(messages)
-        system_text = json_instructions(described) if wants_json else None
-        if not tools and not wants_json:
-            system_text = planning_instructions(engine_messages, branches=options.get("branches"),
-                                                parallel=options["parallel"], model_name=decoder.model_name,
-                                                requested=plan_instructions)
+        system_text = added_system_text(engine_messages, tools=tools, wants_json=wants_json, schema=described,
+                                        options=options, model_name=decoder.model_name,
+                                        plan_instructions=plan_instructions)
         prompt = RawPrompt(render_chat(decoder, engine_messages, tools=tools, system_text=system_text))
         if tools:
             # With tools and a response format (an agent's structured answer), the model

@@ -49,10 +49,9 @@ from llama_index.core.types import Model, PydanticProgramMode
 from pbd_core import DecodeOptions, RawPrompt
 from pbd_core.options import CALL_OPTION_NAMES
 
-from ..chat import json_instructions, render_chat
+from ..chat import added_system_text, render_chat
 from ..parallel_tools import cached_tool_call_plan, wants_plan, with_penalty
 from ..penalties import with_repetition_penalty
-from ..prompts import planning_instructions
 from ..registry import get_decoder, get_remote_decoder
 from ..runner import aiterate_events, is_remote, iterate_events
 from ..structured import cached_json_constraint, response_schema
@@ -269,11 +268,9 @@ class ParallelBranchLLM(FunctionCallingLLM):
             tools = None
         decoder = self.decoder
         engine_messages = to_engine_messages(messages)
-        system_text = json_instructions(described) if wants_json else None
-        if not tools and not wants_json:
-            system_text = planning_instructions(engine_messages, branches=options.get("branches"),
-                                                parallel=options["parallel"], model_name=decoder.model_name,
-                                                requested=plan_instructions)
+        system_text = added_system_text(engine_messages, tools=tools, wants_json=wants_json, schema=described,
+                                        options=options, model_name=decoder.model_name,
+                                        plan_instructions=plan_instructions)
         prompt = RawPrompt(render_chat(decoder, engine_messages, tools=tools, system_text=system_text))
         if wants_json and not tools:  # the answer is one JSON value under the schema's grammar
             options["constraint"] = cached_json_constraint(decoder.tokenizer, json.dumps(schema or {"type": "object"}))
