@@ -17,6 +17,8 @@ from transformers import GenerationConfig, PretrainedConfig
 
 from tiny_models import byte_tokenizer
 
+from pbd_core import ParallelBranchDecoder
+
 Script = Callable[[str], "str | Sequence[str] | None"]
 """Visible text in, what to write next out: a string (its first character is the next token), a
 sequence of strings (their first characters in order of preference: the first gets logit 0, the
@@ -50,6 +52,55 @@ def rules(*pairs: tuple[str, str], leak_guard: Sequence[str] = ()) -> Script:
         return best[1] if best else None
 
     return script
+
+
+def ranked(*scripts: Script) -> Script:
+    """A script whose choices are those of ``scripts``, in that order of preference.
+
+    Lets a test say "the model would rather write A, but B next": when the engine masks the first
+    choice (a numbered title, an empty branch, a one-title plan), the model takes the next.
+    """
+
+    def script(text: str) -> list[str]:
+        return [c for c in (s(text) for s in scripts) if c]
+
+    return script
+
+
+FRUIT = ["Apples", "Bananas", "Cherries"]
+"""The titles of the fruit answer; as a ``leak_guard`` they make a branch that sees a sibling write ``LEAK``."""
+FRUIT_BODIES = [
+    ("####Apples:", " red.\n####"),
+    ("####Bananas:", " long and yellow.\n####"),
+    ("####Cherries:", " small.\n####"),
+]
+"""Rules for what each fruit branch writes after its title: bodies of different lengths, so branches end apart."""
+PLAN = [
+    ("Q\n", "Intro.\n####Apples:"),
+    ("Apples: ...\n####", "Bananas:"),
+    ("Bananas: ...\n####", "Cherries:"),
+    ("Cherries: ...\n####", "%%%%"),
+]
+"""Rules for a model that plans the fruit answer itself after the prompt ``"Q\\n"``: an intro, then the titles."""
+
+
+def scripted_decoder(script: Script, **model_options) -> ParallelBranchDecoder:
+    """The real engine over a `ScriptedLM` of ``script`` (``model_options``: e.g. ``max_positions``).
+
+    Everything but the model is the production code path, so a test states the model's behaviour
+    in words and checks what the engine makes of it.
+    """
+    model = ScriptedLM(script, **model_options)
+    return ParallelBranchDecoder(model, model.tokenizer)
+
+
+def decoder_for(*pairs: tuple[str, str], leak_guard: Sequence[str] = ()) -> ParallelBranchDecoder:
+    """`scripted_decoder` of ``rules(*pairs, leak_guard=leak_guard)``: the usual (after, write) set-up.
+
+    No ``leak_guard`` by default; pass ``FRUIT`` where the fruit branches must not see each other
+    (a module whose tests all want it binds it once with `functools.partial`).
+    """
+    return scripted_decoder(rules(*pairs, leak_guard=leak_guard))
 
 
 class ScriptedLM(torch.nn.Module):

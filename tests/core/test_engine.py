@@ -1,36 +1,24 @@
 """The decode loop, specified on a scripted model whose output depends on what it can see."""
 
+from functools import partial
+
 import pytest
-from scripted_model import ScriptedLM, rules
+from scripted_model import FRUIT, FRUIT_BODIES, PLAN
+from scripted_model import decoder_for as scripted_decoder_for
 
 from pbd_core import (
     BranchEndEvent,
     BranchStartEvent,
     FinalEvent,
-    ParallelBranchDecoder,
     RawPrompt,
     ReadingOrder,
     TokenEvent,
 )
 
-FRUIT = ["Apples", "Bananas", "Cherries"]
-FRUIT_BODIES = [
-    ("####Apples:", " red.\n####"),
-    ("####Bananas:", " long and yellow.\n####"),
-    ("####Cherries:", " small.\n####"),
-]
-PLAN = [
-    ("Q\n", "Intro.\n####Apples:"),
-    ("Apples: ...\n####", "Bananas:"),
-    ("Bananas: ...\n####", "Cherries:"),
-    ("Cherries: ...\n####", "%%%%"),
-]
 EXPECTED = "Intro.\n####Apples: red.\n####Bananas: long and yellow.\n####Cherries: small.\n####%%%%\nDone."
 
-
-def decoder_for(*pairs, leak_guard=FRUIT) -> ParallelBranchDecoder:
-    model = ScriptedLM(rules(*pairs, leak_guard=leak_guard))
-    return ParallelBranchDecoder(model, model.tokenizer)
+decoder_for = partial(scripted_decoder_for, leak_guard=FRUIT)
+"""Here every answer guards the fruit branches against seeing each other unless a test passes ``leak_guard``."""
 
 
 def reading_order_text(events) -> str:

@@ -10,34 +10,20 @@ The mask covers a branch's first tokens only; the same applies to the steps of
 from __future__ import annotations
 
 import pytest
-from scripted_model import ScriptedLM, rules
+from scripted_model import ranked, rules, scripted_decoder
 from tiny_models import byte_tokenizer
 
-from pbd_core import ParallelBranchDecoder, RawPrompt
+from pbd_core import RawPrompt
 from pbd_core.branch_start import NonEmptyBranch
-
-
-def ranked(*scripts):
-    """A script whose choices are those of ``scripts``, in that order of preference."""
-
-    def script(text: str):
-        return [c for c in (s(text) for s in scripts) if c]
-
-    return script
 
 
 CLOSES_AT_ONCE = rules(("####Tea:", "\n####"), ("####Coffee:", "\n####"), ("####%%%%\n", "Done."))
 WRITES_A_STEP = rules(("####Tea:", " Tea is calm.\n####"), ("####Coffee:", " Coffee wakes.\n####"))
 
 
-def decoder_for(script) -> ParallelBranchDecoder:
-    model = ScriptedLM(script)
-    return ParallelBranchDecoder(model, model.tokenizer)
-
-
 @pytest.mark.parametrize("parallel", [True, False])
 def test_a_branch_the_model_would_close_at_once_writes_its_step(parallel):
-    decoder = decoder_for(ranked(CLOSES_AT_ONCE, WRITES_A_STEP))
+    decoder = scripted_decoder(ranked(CLOSES_AT_ONCE, WRITES_A_STEP))
     result = decoder.generate(RawPrompt("Q\n"), branches=["Tea", "Coffee"], parallel=parallel, nonempty_branches=True)
     assert [(b.title, b.text) for b in result.branches] == [("Tea", " Tea is calm.\n"), ("Coffee", " Coffee wakes.\n")]
     assert result.raw_text.endswith("####%%%%\nDone.")
@@ -45,7 +31,7 @@ def test_a_branch_the_model_would_close_at_once_writes_its_step(parallel):
 
 @pytest.mark.parametrize("parallel", [True, False])
 def test_without_the_option_the_branches_stay_empty(parallel):
-    decoder = decoder_for(ranked(CLOSES_AT_ONCE, WRITES_A_STEP))
+    decoder = scripted_decoder(ranked(CLOSES_AT_ONCE, WRITES_A_STEP))
     result = decoder.generate(RawPrompt("Q\n"), branches=["Tea", "Coffee"], parallel=parallel, nonempty_branches=False)
     assert [b.text.strip() for b in result.branches] == ["", ""]
 

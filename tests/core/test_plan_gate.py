@@ -8,16 +8,9 @@ and a conclusion. Two or more titles, forced plans and caller-given titles are u
 
 from __future__ import annotations
 
-from scripted_model import ScriptedLM, rules
+from scripted_model import ranked, rules, scripted_decoder
 
-from pbd_core import ParallelBranchDecoder, RawPrompt
-
-
-def ranked(*scripts):
-    def script(text: str):
-        return [c for c in (s(text) for s in scripts) if c]
-
-    return script
+from pbd_core import RawPrompt
 
 
 ONE_TITLE = rules(
@@ -37,13 +30,8 @@ TWO_TITLES = rules(
 )
 
 
-def decoder_for(script) -> ParallelBranchDecoder:
-    model = ScriptedLM(script)
-    return ParallelBranchDecoder(model, model.tokenizer)
-
-
 def test_a_one_title_list_is_dropped_and_the_model_answers_directly():
-    result = decoder_for(ranked(ONE_TITLE, DIRECT)).generate(RawPrompt("Q\n"))
+    result = scripted_decoder(ranked(ONE_TITLE, DIRECT)).generate(RawPrompt("Q\n"))
     assert result.raw_text == "Soft rain falls."
     assert not result.parallel and result.branches == []
     assert result.stats.dropped_single_title_plans == 1
@@ -51,17 +39,17 @@ def test_a_one_title_list_is_dropped_and_the_model_answers_directly():
 
 
 def test_the_option_keeps_the_block_of_one():
-    result = decoder_for(ranked(ONE_TITLE, DIRECT)).generate(RawPrompt("Q\n"), single_title_plans=True)
+    result = scripted_decoder(ranked(ONE_TITLE, DIRECT)).generate(RawPrompt("Q\n"), single_title_plans=True)
     assert [(b.title, b.text) for b in result.branches] == [("Haiku", " Soft rain.\n")]
     assert result.raw_text == "####Haiku: Soft rain.\n####%%%%\nThat was a haiku."
 
 
 def test_two_titles_are_a_plan():
-    result = decoder_for(ranked(TWO_TITLES, DIRECT)).generate(RawPrompt("Q\n"))
+    result = scripted_decoder(ranked(TWO_TITLES, DIRECT)).generate(RawPrompt("Q\n"))
     assert [b.title for b in result.branches] == ["Tea", "Coffee"] and result.parallel
     assert result.stats.dropped_single_title_plans == 0
 
 
 def test_a_forced_plan_of_one_title_stays():
-    result = decoder_for(ranked(ONE_TITLE, DIRECT)).generate(RawPrompt("Q\n"), force_plan=True)
+    result = scripted_decoder(ranked(ONE_TITLE, DIRECT)).generate(RawPrompt("Q\n"), force_plan=True)
     assert [b.title for b in result.branches] == ["Haiku"]

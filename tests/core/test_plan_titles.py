@@ -10,10 +10,10 @@ its next choice. Caller-given titles are never touched. On by default (see
 from __future__ import annotations
 
 import pytest
-from scripted_model import ScriptedLM, rules
+from scripted_model import ranked, rules, scripted_decoder
 from tiny_models import byte_tokenizer
 
-from pbd_core import DecodeOptions, ParallelBranchDecoder, RawPrompt
+from pbd_core import DecodeOptions, RawPrompt
 from pbd_core.executors.base import ExecutorStats
 from pbd_core.stages import DecodeRun
 from pbd_core.titles import DescriptiveTitles
@@ -21,20 +21,6 @@ from pbd_core.titles import DescriptiveTitles
 
 def raw_text(result) -> str:
     return getattr(result, "raw_text", None) or result.text
-
-
-def ranked(*scripts):
-    """A script whose choices are those of ``scripts``, in that order of preference."""
-
-    def script(text: str):
-        return [c for c in (s(text) for s in scripts) if c]
-
-    return script
-
-
-def decoder_for(script) -> ParallelBranchDecoder:
-    model = ScriptedLM(script)
-    return ParallelBranchDecoder(model, model.tokenizer)
 
 
 NUMBERED = rules(
@@ -55,14 +41,14 @@ NAMED = rules(  # what the model writes when a number is not allowed
 
 
 def test_a_model_that_would_number_its_titles_names_them():
-    decoder = decoder_for(ranked(NUMBERED, NAMED))
+    decoder = scripted_decoder(ranked(NUMBERED, NAMED))
     result = decoder.generate(RawPrompt("Q\n"), descriptive_titles=True)
     assert [(b.title, b.text) for b in result.branches] == [("Apples", " red.\n"), ("Bananas", " yellow.\n")]
     assert raw_text(result) == "Intro.\n####Apples: red.\n####Bananas: yellow.\n####%%%%\nDone."
 
 
 def test_without_the_option_the_titles_are_numbers():
-    decoder = decoder_for(ranked(NUMBERED, NAMED))
+    decoder = scripted_decoder(ranked(NUMBERED, NAMED))
     result = decoder.generate(RawPrompt("Q\n"), descriptive_titles=False)
     assert [(b.title, b.text) for b in result.branches] == [("1", " one.\n"), ("2", " two.\n")]
 
@@ -82,13 +68,13 @@ def test_a_title_may_not_start_with_a_generic_word_token():
 def test_a_forced_plan_is_held_to_it_from_its_first_title():
     numbered = rules(("Q\n####", "1:"), ("1: ...\n####", "%%%%"), ("####1:", " one.\n####"))
     named = rules(("Q\n####", "Apples:"), ("Apples: ...\n####", "%%%%"), ("####Apples:", " red.\n####"))
-    decoder = decoder_for(ranked(numbered, named))
+    decoder = scripted_decoder(ranked(numbered, named))
     result = decoder.generate(RawPrompt("Q\n"), force_plan=True, descriptive_titles=True)
     assert [b.title for b in result.branches] == ["Apples"]
 
 
 def test_caller_given_titles_are_left_alone():
-    decoder = decoder_for(NUMBERED)
+    decoder = scripted_decoder(NUMBERED)
     for plan_in_view in (False, True):
         result = decoder.generate(RawPrompt("Q\n"), branches=["1", "2"], plan_in_view=plan_in_view,
                                   descriptive_titles=True)
@@ -97,7 +83,7 @@ def test_caller_given_titles_are_left_alone():
 
 
 def test_numbers_elsewhere_are_untouched():
-    decoder = decoder_for(rules(
+    decoder = scripted_decoder(rules(
         ("Q\n", "In 2024 we had 3 goals.\n####Top 3 fruit:"),
         ("Top 3 fruit: ...\n####", "%%%%"),
         ("####Top 3 fruit:", " 1. apples, 2. pears.\n####"),

@@ -7,7 +7,7 @@ branch format exactly as before.
 """
 
 import pytest
-from scripted_model import ScriptedLM, rules
+from scripted_model import FRUIT, FRUIT_BODIES, PLAN, decoder_for
 
 from pbd_core import (
     BranchEndEvent,
@@ -16,7 +16,6 @@ from pbd_core import (
     DecodeResult,
     DecodeStats,
     FinalEvent,
-    ParallelBranchDecoder,
     RawPrompt,
     ReadableText,
     ReadingOrder,
@@ -176,25 +175,8 @@ def test_decode_result_raw_text_defaults_to_text():
 
 # --------------------------------------------------------------------------- the engine
 
-FRUIT = ["Apples", "Bananas", "Cherries"]
-FRUIT_BODIES = [
-    ("####Apples:", " red.\n####"),
-    ("####Bananas:", " long and yellow.\n####"),
-    ("####Cherries:", " small.\n####"),
-]
-PLAN = [
-    ("Q\n", "Intro.\n####Apples:"),
-    ("Apples: ...\n####", "Bananas:"),
-    ("Bananas: ...\n####", "Cherries:"),
-    ("Cherries: ...\n####", "%%%%"),
-]
 RAW = "Intro.\n####Apples: red.\n####Bananas: long and yellow.\n####Cherries: small.\n####%%%%\nDone."
 READABLE = "Intro.\n\n**Apples**\n\nred.\n\n**Bananas**\n\nlong and yellow.\n\n**Cherries**\n\nsmall.\n\nDone."
-
-
-def decoder_for(*pairs, leak_guard=()):
-    model = ScriptedLM(rules(*pairs, leak_guard=leak_guard))
-    return ParallelBranchDecoder(model, model.tokenizer)
 
 
 @pytest.mark.parametrize("merge", ["reuse", "recompute"])

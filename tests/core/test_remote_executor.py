@@ -10,30 +10,13 @@ import socket
 
 import pytest
 from fake_completions_server import FakeServer
-from scripted_model import ScriptedLM, rules
+from scripted_model import FRUIT, FRUIT_BODIES, PLAN, decoder_for, rules
 
 from pbd_core import FinalEvent, ParallelBranchDecoder, RawPrompt
 from pbd_core.executors.remote import RemoteExecutor, RemoteExecutorError, completion_body, parse_sse_line
 from pbd_core.options import DecodeOptions
 
-FRUIT = ["Apples", "Bananas", "Cherries"]
-FRUIT_BODIES = [
-    ("####Apples:", " red.\n####"),
-    ("####Bananas:", " long and yellow.\n####"),
-    ("####Cherries:", " small.\n####"),
-]
-PLAN = [
-    ("Q\n", "Intro.\n####Apples:"),
-    ("Apples: ...\n####", "Bananas:"),
-    ("Bananas: ...\n####", "Cherries:"),
-    ("Cherries: ...\n####", "%%%%"),
-]
 SCRIPT = (*PLAN, *FRUIT_BODIES, ("####%%%%", "\nDone."))
-
-
-def local_decoder(*pairs) -> ParallelBranchDecoder:
-    model = ScriptedLM(rules(*pairs, leak_guard=FRUIT))
-    return ParallelBranchDecoder(model, model.tokenizer)
 
 
 def remote_decoder(server: FakeServer) -> ParallelBranchDecoder:
@@ -59,7 +42,7 @@ def summary(result):
     ids=["planned", "caller-branches", "sequential", "stop-string", "branch-budget", "answer-budget", "plain"],
 )
 def test_remote_answer_equals_the_in_process_answer(options):
-    local = local_decoder(*SCRIPT).generate(RawPrompt("Q\n"), **options)
+    local = decoder_for(*SCRIPT, leak_guard=FRUIT).generate(RawPrompt("Q\n"), **options)
     remote = remote_decoder(FakeServer(rules(*SCRIPT, leak_guard=FRUIT))).generate(RawPrompt("Q\n"), **options)
     assert summary(remote) == summary(local)
 
@@ -100,7 +83,7 @@ def test_without_local_tokenizer_files_the_servers_tokenize_endpoints_are_used()
     executor = RemoteExecutor("http://fake:8000", **server.transports())  # the model's files are not readable here
     assert type(executor.tokenizer).__name__ == "ServerTokenizer"
     remote = ParallelBranchDecoder.from_executor(executor).generate(RawPrompt("Q\n"), branches=FRUIT)
-    local = local_decoder(*SCRIPT).generate(RawPrompt("Q\n"), branches=FRUIT)
+    local = decoder_for(*SCRIPT, leak_guard=FRUIT).generate(RawPrompt("Q\n"), branches=FRUIT)
     assert summary(remote) == summary(local)
 
 

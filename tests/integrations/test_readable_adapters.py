@@ -11,50 +11,19 @@ per-branch events still carry the branch format. Then a real tiny model
 from __future__ import annotations
 
 import asyncio
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+from chat_template_fakes import ChatDecoder
 
-sys.path.insert(0, str(Path(__file__).parent / "langchain"))
-from lc_fakes import ChatMLTokenizer, FakeDecoder  # noqa: E402
-
-from pbd_core.readable import render  # noqa: E402
+from pbd_core.readable import render
 
 BRANCHES = {"Cats": [" purr", " a", " lot"], "Dogs": [" bark"], "Fish": [" swim", " quietly"]}
 RAW = "Plan:####Cats: purr a lot####Dogs: bark####Fish: swim quietly####%%%%Both fine."
 READABLE = "Plan:\n\n**Cats**\n\npurr a lot\n\n**Dogs**\n\nbark\n\n**Fish**\n\nswim quietly\n\nBoth fine."
 
 
-class CharTokenizer(ChatMLTokenizer):
-    """The fake's ChatML template plus one token per character (`pbd serve` counts prompt tokens)."""
-
-    eos_token_id = 0
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [ord(c) % 256 for c in text]}
-
-    def decode(self, ids, **_):
-        return "".join(chr(i) for i in ids)
-
-    def __len__(self):
-        return 256
-
-
-@dataclass(eq=False)
-class Fake(FakeDecoder):
-    context_window: int = 4096
-
-    def __post_init__(self) -> None:
-        self.tokenizer = CharTokenizer()
-
-    def count_tokens(self, text: str) -> int:
-        return len(text)
-
-
-def branchy() -> Fake:
-    return Fake(before=["Plan:"], branches=dict(BRANCHES), after=["Both", " fine."])
+def branchy() -> ChatDecoder:
+    return ChatDecoder(before=["Plan:"], branches=dict(BRANCHES), after=["Both", " fine."])
 
 
 def test_expected_readable_text_is_the_rendering_of_the_structure() -> None:
@@ -134,10 +103,10 @@ def test_langchain_plain_and_json_answers_are_unchanged() -> None:
     pytest.importorskip("langchain_core")
     from pbd_integrations import ChatParallelBranch
 
-    plain = ChatParallelBranch(model=Fake(before=["Hello", " #### world:", " %%%%"]))
+    plain = ChatParallelBranch(model=ChatDecoder(before=["Hello", " #### world:", " %%%%"]))
     assert plain.invoke("Hi").content == "Hello #### world: %%%%"  # the model's own text is kept
     answer = '{"name": "Rex", "sound": "####woof: %%%%"}'
-    structured = ChatParallelBranch(model=Fake(before=[answer]))
+    structured = ChatParallelBranch(model=ChatDecoder(before=[answer]))
     assert structured.invoke("Hi").content == answer
 
 

@@ -10,26 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
 pytest.importorskip("fastapi")
 
+from chat_template_fakes import ChatDecoder  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
-from scripted_model import ScriptedLM, rules  # noqa: E402
+from scripted_model import FRUIT, FRUIT_BODIES, PLAN, decoder_for, rules, scripted_decoder  # noqa: E402
 
 from pbd_core import ParallelBranchDecoder, RawPrompt  # noqa: E402
 from pbd_core.executors.remote import RemoteExecutor, RemoteExecutorError  # noqa: E402
 from pbd_integrations.server import create_app, protocol  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "langchain"))
-from lc_fakes import ChatMLTokenizer, FakeDecoder  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Compare tea and coffee."}]
 GET_WEATHER = {
@@ -40,29 +36,6 @@ GET_WEATHER = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
-
-
-class CharTokenizer(ChatMLTokenizer):
-    """The fake's ChatML template, plus one token per character (enough for prompt lengths)."""
-
-    eos_token_id = 0
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [ord(c) % 256 for c in text]}
-
-    def decode(self, ids, **_):
-        return "".join(chr(i) for i in ids)
-
-    def __len__(self):
-        return 256
-
-
-@dataclass(eq=False)
-class ChatDecoder(FakeDecoder):
-    context_window: int = 4096
-
-    def __post_init__(self) -> None:
-        self.tokenizer = CharTokenizer()
 
 
 @dataclass(eq=False)
@@ -417,23 +390,11 @@ async def test_a_client_that_disconnects_while_waiting_for_a_whole_answer_stops_
 
 # --------------------------------------------------------------------------- completions on a real engine
 
-FRUIT = ["Apples", "Bananas", "Cherries"]
-SCRIPT = (
-    ("Q\n", "Intro.\n####Apples:"),
-    ("Apples: ...\n####", "Bananas:"),
-    ("Bananas: ...\n####", "Cherries:"),
-    ("Cherries: ...\n####", "%%%%"),
-    ("####Apples:", " red.\n####"),
-    ("####Bananas:", " long and yellow.\n####"),
-    ("####Cherries:", " small.\n####"),
-    ("####%%%%", "\nDone."),
-    ("Say: ", "caf\u00e9 ok"),
-)
+SCRIPT = (*PLAN, *FRUIT_BODIES, ("####%%%%", "\nDone."), ("Say: ", "caf\u00e9 ok"))
 
 
 def scripted() -> ParallelBranchDecoder:
-    model = ScriptedLM(rules(*SCRIPT, leak_guard=FRUIT))
-    return ParallelBranchDecoder(model, model.tokenizer)
+    return decoder_for(*SCRIPT, leak_guard=FRUIT)
 
 
 @pytest.fixture(scope="module")
@@ -682,8 +643,7 @@ def _chat_engine(answer: str) -> ParallelBranchDecoder:
 
     tokenizer = byte_tokenizer()
     tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] "
-    model = ScriptedLM(rules(("Store it.\n[assistant] ", answer)), tokenizer=tokenizer)
-    return ParallelBranchDecoder(model, tokenizer)
+    return scripted_decoder(rules(("Store it.\n[assistant] ", answer)), tokenizer=tokenizer)
 
 
 def test_the_model_writes_the_fields_in_schema_order_under_the_real_grammar() -> None:
