@@ -5,8 +5,9 @@ One process is started for the module (``pbd serve --model default --dtype float
 official ``openai`` client (sync and async, stream and not, tools, json_schema),
 LangChain's ``ChatOpenAI``, LlamaIndex's ``OpenAILike``, our own remote executor
 (``ParallelBranchDecoder.from_server``, whose answer must equal the in-process one),
-bad requests, and a client that disconnects mid-stream. Budgets are a few tokens:
-the machine is a shared CPU.
+bad requests, a client that disconnects mid-stream, and engine extension fields
+(``single_title_plans``, ``nonempty_branches``) on prompts where they change the answer.
+Budgets are a few tokens: the machine is a shared CPU.
 """
 
 from __future__ import annotations
@@ -225,6 +226,67 @@ def test_a_client_that_disconnects_mid_stream_stops_its_decode(server: str, clie
         time.sleep(0.2)
     assert health["active_decodes"] == 0 and health["served"] == served + 1
     assert client.chat.completions.create(model=MODEL, messages=ask("Hi."), max_tokens=2).choices[0].message.content
+
+
+# --------------------------------------------------------------------------- engine options over HTTP
+
+# Prompts on which the served model (SmolLM2-135M, greedy, float32) triggers the two token masks, found by
+# decoding them in process: a raw text completion with ``parallel`` set, read in ``output_format="raw"``.
+ONE_TITLE_PROMPT = (
+    "Task: write a haiku about rain.\n####Haiku: ...\n####%%%%\n####Haiku: Soft rain falls on leaves.\n####%%%%\nDone.\n\n"
+    "Task: write a haiku about snow.\n####Haiku: ...\n####%%%%\n####Haiku: White snow covers all.\n####%%%%\nDone.\n\n"
+    "Task: write a haiku about wind.\n"
+)  # the model plans "####Haiku: ...", then closes the list with "%%%%": a list of one title
+EMPTY_STEPS_PROMPT = "Fill in nothing.\n####Milk:\n####Bread:\n####Eggs:\n####Butter:\n"
+# every step of the examples is empty: the model answers "####Tea:" by closing it at once ("\n####")
+
+
+def _complete(server: str, prompt: str, **fields) -> dict:
+    body = {"model": MODEL, "prompt": prompt, "parallel": True, "output_format": "raw", **fields}
+    response = httpx.post(server + "/completions", json=body, timeout=300)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_single_title_plans_reaches_the_engine(server: str) -> None:
+    """``single_title_plans`` (`pbd_core.plan_gate`): off, the model's list of one title is dropped once and
+    counted in the stats; on, the same list is decoded as a block of one branch."""
+    budget = {"max_tokens": 10, "max_branch_tokens": 4}
+    dropped = _complete(server, ONE_TITLE_PROMPT, single_title_plans=False, **budget)
+    kept = _complete(server, ONE_TITLE_PROMPT, single_title_plans=True, **budget)
+    assert dropped["pbd"]["stats"]["dropped_single_title_plans"] == 1
+    assert not dropped["choices"][0]["text"].startswith("####")  # the answer did not open with the list
+    assert kept["pbd"]["stats"]["dropped_single_title_plans"] == 0
+    assert kept["pbd"]["parallel"] is True and [b["title"] for b in kept["pbd"]["branches"]] == ["Haiku"]
+    assert kept["pbd"]["branches"][0]["tokens"] > 0
+    assert kept["choices"][0]["text"].startswith("####Haiku:")
+
+
+def test_nonempty_branches_reaches_the_engine(server: str) -> None:
+    """``nonempty_branches`` (`pbd_core.branch_start`): off, a branch the model closes at once stays empty;
+    on, the mask keeps it open until it has written a non-space character."""
+    budget = {"branches": ["Tea", "Coffee"], "max_tokens": 12, "max_branch_tokens": 3}
+    off = _complete(server, EMPTY_STEPS_PROMPT, nonempty_branches=False, **budget)
+    on = _complete(server, EMPTY_STEPS_PROMPT, nonempty_branches=True, **budget)
+    assert off["choices"][0]["text"].startswith("####Tea:\n####Coffee:\n####%%%%")  # both steps empty
+    assert [b["finish_reason"] for b in off["pbd"]["branches"]] == ["end_marker", "end_marker"]
+    text = on["choices"][0]["text"]
+    assert text.startswith("####Tea:") and "\n####Coffee:" in text
+    steps = [text.split("####Tea:", 1)[1].split("\n####", 1)[0], text.split("####Coffee:", 1)[1].split("\n####", 1)[0]]
+    assert all(step.strip() for step in steps), text  # each step wrote something on its title's line
+    assert [b["title"] for b in on["pbd"]["branches"]] == ["Tea", "Coffee"]
+
+
+@pytest.mark.parametrize("field", ["nonempty_branches", "single_title_plans"])
+@pytest.mark.parametrize("endpoint", ["/completions", "/chat/completions"])
+def test_a_non_boolean_engine_flag_is_refused_naming_the_field(server: str, field: str, endpoint: str) -> None:
+    body = {"model": MODEL, "max_tokens": 2, field: "sometimes"}
+    body.update({"prompt": "Hi"} if endpoint == "/completions" else {"messages": ask("Hi")})
+    response = httpx.post(server + endpoint, json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == field and error["type"] == "invalid_request_error"
+    assert error["message"].startswith(f"{field}: ") and "boolean" in error["message"]
 
 
 # --------------------------------------------------------------------------- framework clients
