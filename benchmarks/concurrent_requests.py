@@ -25,14 +25,16 @@ import json
 import sys
 import threading
 import time
+from pathlib import Path
 
 import torch
 
-from pbd_core import ParallelBranchDecoder
-from pbd_core.types import TokenEvent
-from pbd_integrations.bench.llama_cpp import cpu_flags
-from pbd_integrations.bench.step_cost import cost_at, measure_step_cost
-from pbd_integrations.bench.suite import _loadavg
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.py, also when imported from elsewhere
+
+from machine import footer, header, loadavg, machine_line, print_closing  # noqa: E402
+from pbd_core import ParallelBranchDecoder  # noqa: E402
+from pbd_core.types import TokenEvent  # noqa: E402
+from pbd_integrations.bench.step_cost import cost_at, measure_step_cost  # noqa: E402
 
 SUBJECTS = ["the sea", "a mountain", "a city at night", "a forest", "the desert", "a river", "a storm", "a library",
             "a train", "a garden", "the moon", "a market", "a bridge", "an island", "a castle", "a harbor"]
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
                        max_branch_tokens=max(4, args.tokens // args.branches), max_branches=max(16, args.branches))
     else:
         options.update(parallel=False)
-    load_before = _loadavg()
+    load_before = loadavg()
     decoder.generate(messages[0], **{**options, "max_new_tokens": 4})  # warm-up
 
     t0 = time.perf_counter()
@@ -154,11 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     ttft_alone = first_token_seconds(decoder, messages[-1], options)
     ttft_busy = ttft_under_load(decoder, messages, options)
     report = {
-        "command": "python benchmarks/concurrent_requests.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "cpu_flags": cpu_flags(),
-        "model": decoder.model_name,
-        "dtype": str(decoder.mask_dtype).replace("torch.", ""),
-        "torch_threads": torch.get_num_threads(),
+        **header("concurrent_requests.py", argv, decoder),
         "requests": args.requests,
         "branches_per_request": args.branches,
         "live_streams": streams,
@@ -176,10 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
         "ttft_alone_seconds": round(ttft_alone, 3),
         "ttft_while_others_decode_seconds": round(ttft_busy, 3),
         "step_cost": step_cost["rows"],
-        "load_average": {"before": load_before, "after": _loadavg()},
+        **footer(load_before),
     }
-    print(f"{decoder.model_name}, {report['dtype']}, {report['torch_threads']} torch threads; "
-          f"cpu flags: {' '.join(report['cpu_flags'])}")
+    print(machine_line(report))
     print(f"{args.requests} requests x {max(1, args.branches)} stream(s), {tokens} tokens: one by one "
           f"{one_by_one:.2f} s ({report['throughput_one_by_one']} tok/s), all at once {at_once:.2f} s "
           f"({report['throughput_all_at_once']} tok/s) in {steps} forward passes")
@@ -190,8 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"time to first token: alone {ttft_alone:.3f} s, arriving while {args.requests - 1} others decode "
           f"{ttft_busy:.3f} s")
     print("step cost (ms): " + ", ".join(f"k={r['k']}: {r['median_ms']:.1f}" for r in step_cost["rows"]))
-    print(f"load average before {load_before}, after {report['load_average']['after']}")
-    print("reproduce: " + report["command"])
+    print_closing(report)
     if args.json:
         print(json.dumps(report, indent=2))
     return report

@@ -31,8 +31,11 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.py, also when imported from elsewhere
 
 CITIES = ["Paris", "London", "Tokyo", "Berlin", "Madrid", "Rome", "Oslo", "Cairo",
           "Lima", "Delhi", "Sydney", "Toronto", "Dublin", "Vienna", "Prague", "Seoul"]
@@ -56,9 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from machine import footer, header, loadavg, machine_line, print_closing
     from pbd_core import ParallelBranchDecoder, RawPrompt
-    from pbd_integrations.bench.llama_cpp import cpu_flags
-    from pbd_integrations.bench.suite import _loadavg
     from pbd_integrations.chat import render_chat
     from pbd_integrations.grammar import tool_call_constraint
     from pbd_integrations.parallel_tools import tool_call_plan
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     weather = {"type": "function", "function": {
         "name": "get_weather", "description": "Get the current weather in a given city.",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-    load_before = _loadavg()
+    load_before = loadavg()
     decoder = ParallelBranchDecoder.from_pretrained(args.model)
     tokenizer = decoder.tokenizer
     one_call = tool_call_constraint(tokenizer, [weather], "required")
@@ -133,19 +135,13 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"    parallel: {made['parallel']}\n    sequential: {made['sequential']}", flush=True)
 
     report = {
-        "command": "python benchmarks/parallel_tool_calls.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "cpu_flags": cpu_flags(),
-        "model": decoder.model_name,
-        "dtype": str(decoder.mask_dtype).replace("torch.", ""),
-        "torch_threads": torch.get_num_threads(),
+        **header("parallel_tool_calls.py", argv, decoder),
         "repeats": args.repeats,
         "rows": rows,
-        "load_average": {"before": load_before, "after": _loadavg()},
+        **footer(load_before),
     }
-    print(f"{decoder.model_name}, {report['dtype']}, {report['torch_threads']} torch threads; "
-          f"cpu flags: {' '.join(report['cpu_flags'])}")
-    print(f"load average before {load_before}, after {report['load_average']['after']}")
-    print("reproduce: " + report["command"])
+    print(machine_line(report))
+    print_closing(report)
     if args.json:
         print(json.dumps(report, indent=2))
     return report
