@@ -118,15 +118,16 @@ class _Outcome:
     titles: list[str] = field(default_factory=list)
 
 
-class DecodeRun:
-    """State of one answer. Drive `events()`; its last event carries the `DecodeResult`.
+class RunState:
+    """What a run of one answer keeps whatever its stages: the executor's facts, the stats, the stage clock.
+
+    `DecodeRun` and `pbd_core.tool_plan.ToolCallRun` both extend it, so the state they share (and the
+    stage accounting that reads it) is set up in one place and cannot drift apart.
 
     Args:
         tokenizer, eos_token_ids, context_window: the executor's.
         executor_stats: the executor session's counters (forward passes, KV size), read at stage switches.
         prompt_ids: the rendered prompt.
-        token_constraints: whether the executor applies token constraints (`LocalExecutor`); the
-            engine's own ones (``descriptive_titles``) are used only then.
     """
 
     def __init__(
@@ -138,39 +139,20 @@ class DecodeRun:
         executor_stats: ExecutorStats,
         prompt_ids: list[int],
         options: DecodeOptions,
-        token_constraints: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.eos_ids = eos_token_ids
         self.context_window = context_window
         self.options = options
         self.executor_stats = executor_stats
-        self.prompt_ids = prompt_ids
-        self.context: list[int] = list(prompt_ids)
+        self.prompt_ids = list(prompt_ids)
         self.stats = DecodeStats(prompt_tokens=len(prompt_ids))
-        self.parts: list[str] = []  # final text, reading order
-        self.answer_ids: list[int] = []
-        self.branches: list[BranchResult] = []
-        self.blocks = 0
-        self.planning = options.parallel and options.branches is None and options.constraint is None
-        # A repeat cut from a stream under a grammar would break its text: no guard there.
-        self.branch_guard = 0 if options.constraint is not None else guard_tokens(options.repetition_guard)
-        self.trunk_guard = 0 if options.constraint is not None else guard_tokens(options.trunk_repetition_guard)
-        self.title_constraint = self.planning and options.descriptive_titles and token_constraints
-        # A model's list of one title is dropped once and the model answers directly (`pbd_core.plan_gate`).
-        self.single_title_retry = self.planning and not options.single_title_plans and token_constraints
-        self.branch_constraint = options.constraint
-        if options.nonempty_branches and options.constraint is None and token_constraints:
-            self.branch_constraint = functools.partial(NonEmptyBranch, tokenizer)
         self.stops = list(options.stop or [])
-        if options.branches is not None:
-            # The caller chose the steps: the conclusion ends where the model starts another one.
-            self.stops.append(STEP_MARKER)
         self._stage: Stage = "plan"
         self._stage_started = time.perf_counter()
+        # From the session's start: a run that goes on with an answer another run began (a tool-call
+        # answer whose plan was dropped) thereby charges the passes before it to its first stage.
         self._stage_passes = 0
-
-    # ------------------------------------------------------------------ helpers
 
     @property
     def budget_left(self) -> int:
@@ -187,6 +169,64 @@ class DecodeRun:
     def _count(self, n: int = 1) -> None:
         self.stats.generated_tokens += n
         self.stats.stage_tokens[self._stage] += n
+
+    def _final_stats(self) -> DecodeStats:
+        """The stats for the result: this run's own, with the executor's counters for the whole answer."""
+        self.stats.forward_passes = self.executor_stats.forward_passes
+        self.stats.kv_tokens = self.executor_stats.kv_tokens
+        self.stats.peak_kv_tokens = self.executor_stats.peak_kv_tokens
+        self.stats.server_usage = self.executor_stats.server_usage
+        return self.stats
+
+
+class DecodeRun(RunState):
+    """State of one answer. Drive `events()`; its last event carries the `DecodeResult`.
+
+    Args:
+        tokenizer, eos_token_ids, context_window, executor_stats, prompt_ids, options: see `RunState`.
+        token_constraints: whether the executor applies token constraints (`LocalExecutor`); the
+            engine's own ones (``descriptive_titles``) are used only then.
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer: Any,
+        eos_token_ids: frozenset[int],
+        context_window: int,
+        executor_stats: ExecutorStats,
+        prompt_ids: list[int],
+        options: DecodeOptions,
+        token_constraints: bool = False,
+    ) -> None:
+        super().__init__(
+            tokenizer=tokenizer,
+            eos_token_ids=eos_token_ids,
+            context_window=context_window,
+            executor_stats=executor_stats,
+            prompt_ids=prompt_ids,
+            options=options,
+        )
+        self.context: list[int] = list(prompt_ids)
+        self.parts: list[str] = []  # final text, reading order
+        self.answer_ids: list[int] = []
+        self.branches: list[BranchResult] = []
+        self.blocks = 0
+        self.planning = options.parallel and options.branches is None and options.constraint is None
+        # A repeat cut from a stream under a grammar would break its text: no guard there.
+        self.branch_guard = 0 if options.constraint is not None else guard_tokens(options.repetition_guard)
+        self.trunk_guard = 0 if options.constraint is not None else guard_tokens(options.trunk_repetition_guard)
+        self.title_constraint = self.planning and options.descriptive_titles and token_constraints
+        # A model's list of one title is dropped once and the model answers directly (`pbd_core.plan_gate`).
+        self.single_title_retry = self.planning and not options.single_title_plans and token_constraints
+        self.branch_constraint = options.constraint
+        if options.nonempty_branches and options.constraint is None and token_constraints:
+            self.branch_constraint = functools.partial(NonEmptyBranch, tokenizer)
+        if options.branches is not None:
+            # The caller chose the steps: the conclusion ends where the model starts another one.
+            self.stops.append(STEP_MARKER)
+
+    # ------------------------------------------------------------------ helpers
 
     def _needles(self) -> list[str]:
         return self.stops + ([STEP_MARKER] if self.planning else [])
@@ -239,14 +279,10 @@ class DecodeRun:
         branches = self.branches
         if not branches and not self.options.parallel:
             branches = self._sections_of_plain_text(text)
-        self.stats.forward_passes = self.executor_stats.forward_passes
-        self.stats.kv_tokens = self.executor_stats.kv_tokens
-        self.stats.peak_kv_tokens = self.executor_stats.peak_kv_tokens
-        self.stats.server_usage = self.executor_stats.server_usage
         return DecodeResult(
             text=text,
             branches=branches,
-            stats=self.stats,
+            stats=self._final_stats(),
             finish_reason=finish,
             token_ids=list(self.answer_ids),
             parallel=self.blocks > 0 and self.options.parallel,

@@ -48,7 +48,6 @@ Two cases are decoded exactly as without a plan, by the ordinary run
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -59,8 +58,8 @@ from .executors.base import Close, Decode, DecodeBranches, EndBranch, ExecutorSt
 from .options import DecodeOptions
 from .plan_format import STEP_MARKER, TITLE_COLON, render_title
 from .prompting import encode
-from .stages import DecodeRun
-from .types import BranchResult, DecodeResult, DecodeStats, FinalEvent, FinishReason, Stage, TokenEvent
+from .stages import DecodeRun, RunState
+from .types import BranchResult, DecodeResult, DecodeStats, FinalEvent, FinishReason, TokenEvent
 
 MAX_ENTRY_TOKENS = 32
 """Tokens of the list allowed per call (what the model writes for one call in the list, at most)."""
@@ -147,8 +146,36 @@ class _Call:
         return (separator if self.index else "") + self.prefix + self.body + (self.suffix if self.finish else "")
 
 
-class ToolCallRun:
-    """The run of an answer with `DecodeOptions.tool_calls` (same constructor and events as `DecodeRun`)."""
+class _AfterPlan(DecodeRun):
+    """The ordinary run of an answer whose plan `ToolCallRun` dropped: its result also counts the plan.
+
+    Adding the plan's cost in `_result` (rather than by watching the events for the `FinalEvent`) lets
+    `ToolCallRun._ordinary` simply ``yield from`` this run: one loop less that mirrors the driver's.
+    """
+
+    def __init__(self, plan_stats: DecodeStats, **run: Any) -> None:
+        super().__init__(**run)
+        self.plan_stats = plan_stats
+
+    def _result(self, finish: FinishReason) -> DecodeResult:
+        result = super()._result(finish)
+        stats = result.stats
+        stats.generated_tokens += self.plan_stats.generated_tokens
+        # (its forward passes already count from the start of the answer, the plan's included)
+        for name in ("stage_tokens", "stage_seconds"):
+            total = getattr(stats, name)
+            for stage, value in getattr(self.plan_stats, name).items():
+                total[stage] = total.get(stage, 0) + value
+        return result
+
+
+class ToolCallRun(RunState):
+    """The run of an answer with `DecodeOptions.tool_calls` (same constructor and events as `DecodeRun`).
+
+    A `RunState` of its own rather than a `DecodeRun`: it has none of the trunk's state (its stop strings
+    stay the caller's even with caller-given ``branches``), and the answers it does not plan are decoded by
+    a separate `DecodeRun` (`_ordinary`).
+    """
 
     def __init__(
         self,
@@ -161,18 +188,18 @@ class ToolCallRun:
         options: DecodeOptions,
         **run_options: Any,
     ) -> None:
+        super().__init__(
+            tokenizer=tokenizer,
+            eos_token_ids=eos_token_ids,
+            context_window=context_window,
+            executor_stats=executor_stats,
+            prompt_ids=prompt_ids,
+            options=options,
+        )
         self.run_options = run_options  # further `DecodeRun` arguments, for the answers decoded without a plan
-        self.tokenizer = tokenizer
-        self.eos_ids = eos_token_ids
-        self.context_window = context_window
-        self.executor_stats = executor_stats
-        self.prompt_ids = list(prompt_ids)
-        self.options = options
         self.plan: ToolCallPlan = options.tool_calls
-        self.stats = DecodeStats(prompt_tokens=len(prompt_ids))
-        self.stops = list(options.stop or [])
-        self._stage: Stage = "plan"
-        self._stage_started = time.perf_counter()
+        # Its stage clock starts at the session's passes so far, not at 0 as `RunState`'s: the same for the
+        # fresh session of an answer, and kept so that a used session's earlier passes are not charged here.
         self._stage_passes = executor_stats.forward_passes
         if options.branches is not None:
             for title in options.branches:
@@ -181,11 +208,6 @@ class ToolCallRun:
         self._decoded: list[_Call] = []
 
     # ------------------------------------------------------------------ helpers
-
-    # Stage accounting is DecodeRun's own (same fields: stats, executor_stats, options, _stage...).
-    budget_left = DecodeRun.budget_left
-    _enter = DecodeRun._enter
-    _count = DecodeRun._count
 
     def _per_call(self) -> int:
         """Fewest tokens any call's arguments can take (what the plan keeps in reserve for each call)."""
@@ -222,7 +244,8 @@ class ToolCallRun:
             constraint=constraint,
             max_new_tokens=max(1, self.budget_left),
         )
-        inner = DecodeRun(
+        inner = _AfterPlan(
+            self.stats,
             tokenizer=self.tokenizer,
             eos_token_ids=self.eos_ids,
             context_window=self.context_window,
@@ -231,22 +254,7 @@ class ToolCallRun:
             options=options,
             **self.run_options,
         )
-        events = inner.events()
-        reply = None
-        while True:
-            try:
-                item = events.send(reply)
-            except StopIteration:
-                return
-            if isinstance(item, FinalEvent):
-                stats = item.result.stats
-                stats.generated_tokens += self.stats.generated_tokens
-                # (its forward passes already count from the start of the answer, the plan's included)
-                for name in ("stage_tokens", "stage_seconds"):
-                    total = getattr(stats, name)
-                    for stage, value in getattr(self.stats, name).items():
-                        total[stage] = total.get(stage, 0) + value
-            reply = yield item
+        yield from inner.events()  # its commands go to this run's driver, their replies back to it
 
     # ------------------------------------------------------------------ plan
 
@@ -385,15 +393,12 @@ class ToolCallRun:
                     block=0,
                 )
             )
-        self.stats.forward_passes = self.executor_stats.forward_passes
-        self.stats.kv_tokens = self.executor_stats.kv_tokens
-        self.stats.peak_kv_tokens = self.executor_stats.peak_kv_tokens
-        self.stats.server_usage = self.executor_stats.server_usage
         return DecodeResult(
             text=text,
             branches=branches,
-            stats=self.stats,
+            stats=self._final_stats(),
             finish_reason=finish,
             token_ids=ids,
             parallel=True,
         )
+
