@@ -65,6 +65,12 @@ class DecodeOptions:
     similar lines are never cut. ``False`` (or 0) turns it off. Applies to branches, also to the steps
     of ``parallel=False`` with caller-given branches; never under a ``constraint`` (a cut would break
     the grammar's text)."""
+    repeated_label_guard: bool = True
+    """Part of the branch guard (with ``repetition_guard`` on): a step that begins a line with a label an
+    earlier line of it began with (``Answer:`` twice) ends before that line, ``finish_reason="repetition"``
+    (`pbd_core.repetition`). A step answers its own question once; small models' branches otherwise go on
+    with the answers of the steps after them. Applies where ``repetition_guard`` does (branches, and the
+    steps of ``parallel=False`` with caller-given branches), never to the shared text."""
     trunk_repetition_guard: bool | int = False
     """The same guard for the shared text (intro, plan, conclusion, and all of plain decoding): a loop
     there ends the answer with ``finish_reason="repetition"``. Off by default."""
@@ -136,7 +142,8 @@ class DecodeOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or (not isinstance(value, bool) and value < 0):
                 raise ValueError(f"{name} must be a bool or an int >= 0 (repeated tokens; 0 = off), got {value!r}")
-        for name in ("plan_in_view", "descriptive_titles", "nonempty_branches", "single_title_plans"):
+        for name in ("plan_in_view", "descriptive_titles", "nonempty_branches", "single_title_plans",
+                     "repeated_label_guard"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.output_format not in OUTPUT_FORMATS:

@@ -32,6 +32,16 @@ a leading list marker (``7.``, ``8)``, ``-``, ``*``) is set aside, with at least
 ``7. **Lemon-Cherry**``: the numbers keep the tokens from repeating). The cut is
 the start of the second line.
 
+**Repeated labels** (steps only: ``labels=True``, `DecodeOptions.repeated_label_guard`). A step
+answers its own question once. A line that begins with a label an earlier line of the same step began
+with (``Answer:`` twice; a word or a few, then ``:`` and a space or the line's end; a list marker or
+``**`` aside) ends the step at the start of that line. Qwen2.5-Coder-0.5B's parallel branches did
+this: after its own ``Answer: 110.82`` a branch went on with ``Answer: 124.91``, ``Answer: 335.81``,
+the answers of the steps after it in the prompt's list (a step written after the others does not).
+Lines with different labels (``Price: 10`` / ``Shipping: 5``, ``- Farah: 45`` / ``- Omar: 45``) never
+fire, and the shared text never uses this rule (an answer without steps may well say ``Answer:``
+twice).
+
 What never fires: lists of similar lines (``1. apples`` / ``2. pears``,
 ``- Farah: 45`` / ``- Omar: 45``: no whole unit repeats), a line that recurs
 with other lines between (``Answer: yes`` after two different questions), short
@@ -55,6 +65,8 @@ DEFAULT_MIN_TOKENS = 32
 LINE_MIN_ALNUM = 10
 """Letters or digits a repeated line (or unit with a line break) needs to end the stream at its first repeat."""
 
+_LABEL = re.compile(r"\s*(?:[-*\u2022+]\s+)?\**([A-Za-z][A-Za-z' -]{0,24}?)\s*\**\s*:\**(?:\s|$)")
+"""A line that begins with a label: ``Answer: 5``, ``- **Total cost:** 12``, ``Answer:`` alone on its line."""
 _LIST_MARKER = re.compile(r"(?:\d{1,3}[.)]|[-*\u2022+])\s+")
 _MARKER_SO_FAR = re.compile(r"\s*(?:\d{1,3}[.)]?|[-*\u2022+])?\s*")  # a line start that may still become a marker
 
@@ -77,10 +89,12 @@ class RepetitionGuard:
     `held_from` where streaming must stop for now.
     """
 
-    def __init__(self, min_tokens: int = DEFAULT_MIN_TOKENS) -> None:
+    def __init__(self, min_tokens: int = DEFAULT_MIN_TOKENS, labels: bool = False) -> None:
         if min_tokens < 1:
             raise ValueError(f"min_tokens must be >= 1, got {min_tokens}")
         self.min_tokens = min_tokens
+        self.labels = labels  # a step: a line may not begin with a label an earlier line began with
+        self._seen_labels: set[str] = set()
         self.seen = 0  # tokens of the stream taken in
         self.runs: dict[int, int] = {}  # period -> length of the current repeat (only non-zero runs)
         self._where: dict[int, deque[int]] = {}  # token id -> its recent positions (within MAX_PERIOD)
@@ -104,7 +118,8 @@ class RepetitionGuard:
 
         When several repeats qualify, the earliest cut wins (the least text kept).
         """
-        cuts = [c for c in (self._token_cut(text, ends), self._scan_lines(text)) if c is not None]
+        cuts = [c for c in (self._token_cut(text, ends), self._scan_lines(text), self._label_cut(text))
+                if c is not None]
         return min(cuts) if cuts else None
 
     def held_from(self, text: str, ends: list[int]) -> int | None:
@@ -118,6 +133,8 @@ class RepetitionGuard:
             partial = text[self._line_start :]
             if _MARKER_SO_FAR.fullmatch(partial) or self._last_line.startswith(_normal(partial)):
                 held.append(self._line_start)  # this line may turn out to be the last one again
+        if self._seen_labels and self._line_cut is None and _may_become_label(text[self._line_start :], self._seen_labels):
+            held.append(self._line_start)  # this line may turn out to repeat a label
         return min(held) if held else None
 
     def _token_cut(self, text: str, ends: list[int]) -> int | None:
@@ -135,13 +152,30 @@ class RepetitionGuard:
         line_end = text.find("\n", cut, _offset(ends, n - best + period))
         return cut if line_end == -1 else line_end + 1
 
+    def _label_cut(self, text: str) -> int | None:
+        """The start of the line being written when it begins with a label an earlier line began with."""
+        if not self.labels or self._line_cut is not None:
+            return self._line_cut
+        label = _label(text[self._line_start :])
+        if label is not None and label in self._seen_labels:
+            self._line_cut = self._line_start
+        return self._line_cut
+
     def _scan_lines(self, text: str) -> int | None:
         """Read the lines completed since the last call; the start of a line that repeats the one before."""
         while self._line_cut is None:
             end = text.find("\n", self._line_start)
             if end == -1:
                 break
-            line = _normal(text[self._line_start : end])
+            raw = text[self._line_start : end]
+            line = _normal(raw)
+            if self.labels:
+                label = _label(raw + "\n")
+                if label is not None and label in self._seen_labels:
+                    self._line_cut = self._line_start
+                    break
+                if label is not None:
+                    self._seen_labels.add(label)
             if line:
                 if line == self._last_line and sum(c.isalnum() for c in line) >= LINE_MIN_ALNUM:
                     self._line_cut = self._line_start
@@ -149,6 +183,28 @@ class RepetitionGuard:
                 self._last_line = line
             self._line_start = end + 1
         return self._line_cut
+
+
+def _label(line: str) -> str | None:
+    """The label a line begins with (lower case, spaces squeezed), or None.
+
+    A line still being written (no line break yet) has a label only once a space follows its colon
+    (``http:`` may yet become ``http://``).
+    """
+    match = _LABEL.match(line)
+    if match is None or ("\n" not in line and not match.group(0)[-1:].isspace()):
+        return None
+    return " ".join(match.group(1).lower().split())
+
+
+def _may_become_label(partial: str, seen: set[str]) -> bool:
+    """Whether the line written so far may still turn out to begin with one of the ``seen`` labels."""
+    if "\n" in partial:
+        return False
+    if _LABEL.match(partial) and partial[-1:].isspace():
+        return False  # its label is known and was not a repeat (else the cut came first)
+    words = " ".join(partial.lower().replace("*", " ").lstrip(" -\u2022+").split())
+    return not words or any(label.startswith(words.rstrip(":").strip()) for label in seen)
 
 
 def _normal(line: str) -> str:

@@ -460,7 +460,8 @@ class DecodeRun(RunState):
                 seed_ids=seed,
                 context_ids=prefix + seed,
                 stream=TextStream(self.tokenizer, seed),
-                guard=RepetitionGuard(self.branch_guard) if self.branch_guard else None,
+                guard=RepetitionGuard(self.branch_guard, labels=self.options.repeated_label_guard)
+                if self.branch_guard else None,
             )
             branches.append(branch)
             yield BranchStartEvent(branch.index, title, self.blocks)
@@ -609,7 +610,8 @@ class DecodeRun(RunState):
                 seed_ids=seed,
                 context_ids=self.context + seed,
                 stream=TextStream(self.tokenizer, seed),
-                guard=RepetitionGuard(self.branch_guard) if self.branch_guard else None,
+                guard=RepetitionGuard(self.branch_guard, labels=self.options.repeated_label_guard)
+                if self.branch_guard else None,
             )
             yield BranchStartEvent(b.index, title, self.blocks)
             yield TokenEvent(seed_text(title), b.index, "parallel", None)

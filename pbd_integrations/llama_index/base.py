@@ -140,6 +140,10 @@ class ParallelBranchLLM(FunctionCallingLLM):
             "tokens, or a line written twice in a row; an int sets the token count; False turns it off."
         ),
     )
+    repeated_label_guard: bool = Field(
+        default=True,
+        description="With repetition_guard: a step that begins a line with a label it used already ('Answer:' twice) ends there.",
+    )
     trunk_repetition_guard: bool | int = Field(
         default=False, description="The same guard for the text outside branches (intro, plan, conclusion)."
     )

@@ -49,10 +49,10 @@ def raw_text(result) -> str:
     return getattr(result, "raw_text", None) or result.text
 
 
-def first_cut(text: str, min_tokens: int = DEFAULT_MIN_TOKENS) -> tuple[int, str] | None:
+def first_cut(text: str, min_tokens: int = DEFAULT_MIN_TOKENS, labels: bool = False) -> tuple[int, str] | None:
     """Feed ``text`` one byte-token at a time; (tokens fed, text kept) when the guard fires."""
     tokenizer = byte_tokenizer()
-    stream, guard = TextStream(tokenizer), RepetitionGuard(min_tokens)
+    stream, guard = TextStream(tokenizer), RepetitionGuard(min_tokens, labels=labels)
     for token in tokenizer(text)["input_ids"]:
         stream.push(token)
         guard.update(stream.token_ids)
@@ -137,6 +137,71 @@ def test_bad_option_values_are_refused(bad):
         DecodeOptions(trunk_repetition_guard=bad)
 
 
+# --------------------------------------------------------------------------- repeated labels (steps only)
+
+STEP_LEGIT = [
+    " Price: 10\nShipping: 5\nTotal: 15\n",
+    "- Farah: 45 years old\n- Omar: 45 years old\n- Lina: 45 years old\n",
+    " Pros: light and cheap.\nCons: slow.\nAnswer: buy it\n",
+    " Test 1: passed\nTest 2: passed\nTest 3: passed\n",  # a number is not a label
+    " See http://a.example and http://b.example\nhttp://c.example\n",  # a URL's colon is not a label's
+    " Answer: yes\nThe answer: is it yes? Yes.\n",  # "answer" and "the answer" are two labels
+]
+
+
+def test_a_step_that_begins_a_second_answer_line_ends_before_it():
+    fed, kept = first_cut(" Answer: 110.82\nAnswer: 124.91\nAnswer: 335.81\n", labels=True)
+    assert kept == " Answer: 110.82\n"
+    assert fed == len(" Answer: 110.82\nAnswer: ")  # it fires as soon as the label is known to repeat
+
+
+@pytest.mark.parametrize("text", [
+    " **Answer:** 12\nSo the total is 12.\n**Answer:** 14\n",  # markdown, other lines between
+    " - Total cost: 12\n- total  cost: 14\n",  # list markers, case and spacing aside
+    " Answer:\n12\nAnswer:\n",  # a label alone on its line
+])
+def test_labels_are_compared_without_markup(text):
+    fed, kept = first_cut(text, labels=True)
+    assert kept == text[: text.rindex("\n", 0, len(text) - 1) + 1]  # everything before the repeated label's line
+
+
+@pytest.mark.parametrize("text", STEP_LEGIT)
+def test_lines_with_different_labels_never_fire(text):
+    assert first_cut(text, labels=True) is None
+
+
+def test_the_shared_text_may_say_answer_twice():
+    """Without ``labels`` (the trunk), the Q/A list of LEGIT stays whole."""
+    assert first_cut(LEGIT[2]) is None
+    assert first_cut(LEGIT[2], labels=True) is not None  # in a step it would end at the second answer
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_a_branch_that_goes_on_answering_the_other_steps_ends_with_repetition(parallel):
+    decoder = decoder_for(
+        ("####ACME:", " Answer: 110.82\nAnswer: 124.91\nAnswer: 335.81\n####"),
+        ("####KITE:", " Answer: 124.91\n####"),
+        ("####%%%%\n", "Done."),
+    )
+    events = list(decoder.stream(RawPrompt("Q\n"), branches=["ACME", "KITE"], max_branch_tokens=60,
+                                 max_new_tokens=200, parallel=parallel))
+    result = events[-1].result
+    acme, kite = result.branches
+    assert (acme.finish_reason, acme.text) == ("repetition", " Answer: 110.82\n")
+    assert (kite.finish_reason, kite.text) == ("end_marker", " Answer: 124.91\n")
+    assert reading_order_text(events) == raw_text(result)  # the cut line was never shown
+    assert "124.91\n####KITE" not in raw_text(result)
+
+
+def test_the_label_rule_can_be_turned_off_alone():
+    decoder = decoder_for(("####ACME:", " Answer: 1\nAnswer: 2\n####"), ("####%%%%\n", "Done."))
+    result = decoder.generate(RawPrompt("Q\n"), branches=["ACME"], max_branch_tokens=60, max_new_tokens=200,
+                              repeated_label_guard=False)
+    assert (result.branches[0].finish_reason, result.branches[0].text) == ("end_marker", " Answer: 1\nAnswer: 2\n")
+    with pytest.raises(ValueError, match="repeated_label_guard"):
+        DecodeOptions(repeated_label_guard="yes")
+
+
 # --------------------------------------------------------------------------- in the engine
 
 LOOPING = [
@@ -156,7 +221,8 @@ def decoder_for(*pairs) -> ParallelBranchDecoder:
 def test_a_looping_branch_ends_with_repetition_and_the_repeats_are_cut(merge, parallel):
     decoder = decoder_for(*LOOPING)
     events = list(decoder.stream(RawPrompt("Q\n"), branches=["Ages", "Fruit"], max_branch_tokens=300,
-                                 max_new_tokens=800, merge=merge, parallel=parallel))
+                                 max_new_tokens=800, merge=merge, parallel=parallel,
+                                 repeated_label_guard=False))  # the line rule alone (labels: see above)
     result = events[-1].result
     ages, fruit = result.branches
     assert (ages.finish_reason, ages.text) == ("repetition", " The ages:\n- Farah: 45 years old\n")
@@ -171,6 +237,11 @@ def test_a_looping_branch_ends_with_repetition_and_the_repeats_are_cut(merge, pa
     ends = [e for e in events if isinstance(e, BranchEndEvent)]
     assert {e.index: e.finish_reason for e in ends} == {0: "repetition", 1: "end_marker"}
     assert result.finish_reason == "eos"
+    # With the label rule (the default) the same loop ends within the second copy, at "- Farah: ".
+    labelled = decoder.generate(RawPrompt("Q\n"), branches=["Ages", "Fruit"], max_branch_tokens=300,
+                                max_new_tokens=800, merge=merge, parallel=parallel)
+    assert labelled.branches[0].text == ages.text
+    assert len(labelled.branches[0].token_ids) == len(" The ages:\n" + LOOP_LINE + "- Farah: ")
 
 
 def test_a_numbered_loop_in_a_branch_is_cut_without_showing_the_repeat():
@@ -258,11 +329,12 @@ def test_pbd_serve_passes_the_issue_11_options_on():
     protocol = pytest.importorskip("pbd_integrations.server.protocol")
     request = protocol.ChatCompletionRequest(
         model="default", messages=[{"role": "user", "content": "hi"}], repetition_guard=False,
-        trunk_repetition_guard=16, plan_in_view=True, descriptive_titles=True,
+        trunk_repetition_guard=16, plan_in_view=True, descriptive_titles=True, repeated_label_guard=False,
     )
     options = protocol._options(request, None)
     assert {k: options[k] for k in ("repetition_guard", "trunk_repetition_guard", "plan_in_view",
-                                     "descriptive_titles")} == {
-        "repetition_guard": False, "trunk_repetition_guard": 16, "plan_in_view": True, "descriptive_titles": True
+                                     "descriptive_titles", "repeated_label_guard")} == {
+        "repetition_guard": False, "trunk_repetition_guard": 16, "plan_in_view": True, "descriptive_titles": True,
+        "repeated_label_guard": False,
     }
     DecodeOptions.from_kwargs(**options)
