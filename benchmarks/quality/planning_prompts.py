@@ -42,6 +42,39 @@ def candidates() -> dict[str, str]:
 
 
 DRAFTS: dict[str, str] = {
+    "format-inside": (
+        "If the request has two or more parts that can be worked out independently of each other (check each "
+        "of several items, answer several separate questions, compare several options), write each part as a "
+        "step: '####', a short title that names the part, ':', then the step. After the last step write "
+        "'####%%%%' and then the conclusion. A format the request asks for (such as an 'Answer:' line for "
+        "each part) goes inside each step, after its title. If the request is one question, one calculation "
+        "or one piece of writing, answer it directly, without '####'.\n"
+        "Example of a request with independent parts:\n"
+        "Which of these are fruits: apple, carrot?\n"
+        "####Apple: An apple is a fruit.\n"
+        "####Carrot: A carrot is a vegetable.\n"
+        "####%%%%\n"
+        "The apple is a fruit; the carrot is not.\n"
+        "Example of a single request:\n"
+        "What is 12 times 3?\n"
+        "12 times 3 is 36."
+    ),
+    "format-example": (
+        "If the request has two or more parts that can be worked out independently of each other (check each "
+        "of several items, answer several separate questions, compare several options), write each part as a "
+        "step: '####', a short title that names the part, ':', then the step. After the last step write "
+        "'####%%%%' and then the conclusion. If the request is one question, one calculation or one piece of "
+        "writing, answer it directly, without '####'.\n"
+        "Example of a request with independent parts:\n"
+        "Which of these are fruits: apple, carrot? End each part with 'Answer: yes' or 'Answer: no'.\n"
+        "####Apple: An apple is a fruit. Answer: yes\n"
+        "####Carrot: A carrot is a vegetable. Answer: no\n"
+        "####%%%%\n"
+        "The apple is a fruit; the carrot is not.\n"
+        "Example of a single request:\n"
+        "What is 12 times 3?\n"
+        "12 times 3 is 36."
+    ),
     "examples3": (
         "Answer in steps only when the request asks for the same kind of work on several separate things "
         "(each of several items, records, options or questions). Then write each thing as a step: '####', a "

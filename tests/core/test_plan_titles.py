@@ -65,6 +65,16 @@ def test_a_title_may_not_start_with_a_generic_word_token():
     assert constraint.banned() is None
 
 
+def test_a_title_may_not_be_an_answer_label():
+    """Asked to end every step with ``Answer: <value>``, Qwen2.5-Coder-0.5B titled its steps ``Answer``
+    (or ``Yes``): a title that names no subject. Those words alone are masked at a title's first token too."""
+    tokenizer = byte_tokenizer()
+    tokenizer.add_tokens(["Answer", " answer", "Yes", "no", "Result", "Answers", "Nothing", "Yesterday"])
+    constraint = DescriptiveTitles(tokenizer, tokenizer("Intro.\n####")["input_ids"])
+    banned = {tokenizer.decode([i]) for i in constraint.banned().tolist()} - set("0123456789")
+    assert banned == {"Answer", " answer", "Yes", "no", "Result"}
+
+
 def test_a_forced_plan_is_held_to_it_from_its_first_title():
     numbered = rules(("Q\n####", "1:"), ("1: ...\n####", "%%%%"), ("####1:", " one.\n####"))
     named = rules(("Q\n####", "Apples:"), ("Apples: ...\n####", "%%%%"), ("####Apples:", " red.\n####"))
