@@ -16,7 +16,12 @@ after ``####``; spaces and ``(``/``[`` aside):
   the list at its repeat. With these masked it planned blocks of two or more
   branches on 31 of 40 parallelizable prompts (was 28) and on the same 4 of 36
   single prompts, and the plans with one title per task step rose from 3 to 22
-  (`benchmarks/quality/planning_prompts.py --prompts planning-default`).
+  (`benchmarks/quality/planning_prompts.py --prompts planning-default`);
+- every token that starts with ``#``: with ``Answer`` masked, Qwen's next
+  choice was `` ####`` again and again (``#### #### ####`` as the answer). With
+  both, 32 of 40 and 4 of 36; the sub-questions whose titles had been
+  ``Answer`` are now titled with their question, though Qwen then often ends the
+  title with a line break instead of ``:``, so they stay plain text.
 
 Nothing else is touched: the model's next choice is taken as it is (``Step 1``
 becomes e.g. ``Preheat the oven``), text outside a title and every later token
@@ -57,7 +62,7 @@ GENERIC_WORDS = ("step", "part", "phase", "stage", "section", "chapter", "task",
 planned title."""
 
 _START = re.compile(r"\s*[(\[]*\s*")  # nothing of the title written yet
-_BANNED_TOKEN = re.compile(r"[\s(\[]*(?:\d|(?:" + "|".join(GENERIC_WORDS) + r")\s*#?$)", re.IGNORECASE)
+_BANNED_TOKEN = re.compile(r"[\s(\[]*(?:\d|#|(?:" + "|".join(GENERIC_WORDS) + r")\s*#?$)", re.IGNORECASE)
 
 
 class DescriptiveTitles:

@@ -184,13 +184,15 @@ def main(argv: list[str] | None = None) -> int:
         exact = sum(r["planned"] and len(r["titles"]) == r["steps"] for r in p_rows)
         multi_p = sum(r["largest_block"] >= 2 for r in p_rows)
         multi_s = sum(r["largest_block"] >= 2 for r in s_rows)
+        shown = sum("####" in r["content"] for r in rows)  # the branch format leaked into what the user reads
         summary = {"parallelizable": f"{planned_p}/{len(p_rows)}", "single": f"{planned_s}/{len(s_rows)}",
+                   "answers_showing_markers": f"{shown}/{len(rows)}",
                    "parallelizable_two_or_more": f"{multi_p}/{len(p_rows)}", "single_two_or_more": f"{multi_s}/{len(s_rows)}",
                    "plans_with_the_right_step_count": exact, "seconds": round(time.perf_counter() - t0, 1)}
         report["candidates"][name] = {"system": system, "summary": summary, "rows": rows}
         print(f"{decoder.model_name} [{name}]: planned {summary['parallelizable']} parallelizable, "
               f"{summary['single']} single (with 2 or more branches: {multi_p} and {multi_s}); {exact} plans with "
-              f"the task's step count ({summary['seconds']} s)",
+              f"the task's step count; {shown} answers show '####' ({summary['seconds']} s)",
               flush=True)
         for r in s_rows:
             if r["planned"]:
