@@ -85,6 +85,12 @@ class DecodeOptions:
     option changes nothing there. Off by default: on the quality suite it made both models worse, as they
     copy the list's elided bodies (`` ...``) into their steps (per-step accuracy in parallel 29% -> 2% on
     SmolLM2-135M, 57% -> 30% on Qwen2.5-Coder-0.5B; `benchmarks/quality/README.md`)."""
+    exemplar_step: bool = False
+    """Write a block's first step alone, then the others in parallel, each seeing the first as a worked
+    example (prefix + first step + own title: what the second step of sequential decoding sees). For a
+    block of three or more; ``BranchResult.context_ids`` says what each branch saw, and exactness reads
+    "each branch equals plain decoding of that". It costs one step's length of parallelism; see
+    `benchmarks/quality/README.md` for what it buys."""
     descriptive_titles: bool = True
     """While the model plans, keep titles from starting with a number (``1``, ``2.``) or a generic word
     (the ``Step`` of ``Step 1``, ``Part 2``), which tell a branch nothing about its subject
@@ -143,7 +149,7 @@ class DecodeOptions:
             if not isinstance(value, int) or (not isinstance(value, bool) and value < 0):
                 raise ValueError(f"{name} must be a bool or an int >= 0 (repeated tokens; 0 = off), got {value!r}")
         for name in ("plan_in_view", "descriptive_titles", "nonempty_branches", "single_title_plans",
-                     "repeated_label_guard"):
+                     "repeated_label_guard", "exemplar_step"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.output_format not in OUTPUT_FORMATS:

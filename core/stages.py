@@ -472,6 +472,13 @@ class DecodeRun(RunState):
         prefix = list(self.context)
         if self.options.plan_in_view:  # every branch sees the whole title list before its own title
             prefix += self._plan_ids(titles)
+        if self.options.exemplar_step and len(titles) > 2:
+            # The first step is written alone; the others see it as a worked example (what a step of
+            # this task looks like), as every step after the first does in sequential decoding.
+            self._enter("parallel")
+            self.context = prefix
+            yield from self._sequential_step(titles[0])
+            prefix, titles = list(self.context), titles[1:]
         yield Prefill(prefix)  # the prompt, or the text before the list: charged to the stage before
         self._enter("parallel")
         branches = yield from self._start_branches(titles, prefix)
@@ -602,38 +609,7 @@ class DecodeRun(RunState):
         if self.options.plan_in_view:
             self.context = self.context + self._plan_ids(titles)
         for title in titles:
-            seed = encode(self.tokenizer, seed_text(title))
-            b = _Branch(
-                index=len(self.branches),
-                slot=0,
-                title=title,
-                seed_ids=seed,
-                context_ids=self.context + seed,
-                stream=TextStream(self.tokenizer, seed),
-                guard=RepetitionGuard(self.branch_guard, labels=self.options.repeated_label_guard)
-                if self.branch_guard else None,
-            )
-            yield BranchStartEvent(b.index, title, self.blocks)
-            yield TokenEvent(seed_text(title), b.index, "parallel", None)
-            handle = yield Decode(
-                b.context_ids,
-                max_tokens=self.options.max_branch_tokens,
-                stop=[STEP_MARKER, *self.stops],
-                constraint=self.branch_constraint,
-            )
-            while b.finish is None:
-                if self.budget_left <= 0:
-                    yield from self._end_branch(None, b, "length", len(b.stream.text))
-                    break
-                token = yield NextToken(handle, self.budget_left)
-                if isinstance(token, StreamEnd):
-                    yield from self._end_branch(None, b, token.reason, len(b.stream.text))
-                    break
-                self._count()
-                yield from self._advance_branch(None, b, token)
-            yield Close(handle)
-            self.context = b.context_ids + b.body_ids
-            self._record_branch(b, block=self.blocks)
+            yield from self._sequential_step(title)
         self._enter("merge")
         if self.budget_left <= 0:
             return "length"
@@ -641,6 +617,42 @@ class DecodeRun(RunState):
         self.context = self.context + close_ids
         yield from self._write_trunk(CLOSE_TEXT, close_ids)
         return None
+
+    def _sequential_step(self, title: str) -> Run:
+        """Write one titled step after ``self.context`` and append it there (a step of the baseline, or
+        the worked example of ``exemplar_step``)."""
+        seed = encode(self.tokenizer, seed_text(title))
+        b = _Branch(
+            index=len(self.branches),
+            slot=0,
+            title=title,
+            seed_ids=seed,
+            context_ids=self.context + seed,
+            stream=TextStream(self.tokenizer, seed),
+            guard=RepetitionGuard(self.branch_guard, labels=self.options.repeated_label_guard)
+            if self.branch_guard else None,
+        )
+        yield BranchStartEvent(b.index, title, self.blocks)
+        yield TokenEvent(seed_text(title), b.index, "parallel", None)
+        handle = yield Decode(
+            b.context_ids,
+            max_tokens=self.options.max_branch_tokens,
+            stop=[STEP_MARKER, *self.stops],
+            constraint=self.branch_constraint,
+        )
+        while b.finish is None:
+            if self.budget_left <= 0:
+                yield from self._end_branch(None, b, "length", len(b.stream.text))
+                break
+            token = yield NextToken(handle, self.budget_left)
+            if isinstance(token, StreamEnd):
+                yield from self._end_branch(None, b, token.reason, len(b.stream.text))
+                break
+            self._count()
+            yield from self._advance_branch(None, b, token)
+        yield Close(handle)
+        self.context = b.context_ids + b.body_ids
+        self._record_branch(b, block=self.blocks)
 
     def _sections_of_plain_text(self, text: str) -> list[BranchResult]:
         """Steps the model wrote on its own in plain decoding, for step-by-step comparison."""

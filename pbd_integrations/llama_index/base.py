@@ -150,6 +150,10 @@ class ParallelBranchLLM(FunctionCallingLLM):
     plan_in_view: bool = Field(
         default=False, description="Every branch sees the whole title list before its own title."
     )
+    exemplar_step: bool = Field(
+        default=False,
+        description="Write a block's first step alone; the other steps then see it as a worked example.",
+    )
     descriptive_titles: bool = Field(
         default=True,
         description="While the model plans, a title may not start with a number or 'Step'/'Part' (in-process models).",

@@ -7,7 +7,7 @@ Everything here is free of I/O, so it is tested without a socket:
   name (``branches``, ``max_branch_tokens``, ``max_branches``, ``merge``, ``parallel``,
   ``force_plan``, ``top_k``, ``repetition_penalty``, ``output_format``: ``"readable"``, the default,
   or ``"raw"`` for the branch-format text; ``repetition_guard``, ``trunk_repetition_guard``,
-  ``repeated_label_guard``, ``plan_in_view``, ``descriptive_titles``, ``nonempty_branches``,
+  ``repeated_label_guard``, ``exemplar_step``, ``plan_in_view``, ``descriptive_titles``, ``nonempty_branches``,
   ``single_title_plans``); vLLM's completion extensions that
   `pbd_core.executors.remote` sends are honoured (``return_token_ids``,
   ``include_stop_str_in_output``, ``structured_outputs``, ``skip_special_tokens``).
@@ -188,6 +188,7 @@ class _Request(BaseModel):
     repetition_guard: bool | int | None = Field(default=None, ge=0)
     trunk_repetition_guard: bool | int | None = Field(default=None, ge=0)
     repeated_label_guard: bool | None = None
+    exemplar_step: bool | None = None
     plan_in_view: bool | None = None
     descriptive_titles: bool | None = None
     nonempty_branches: bool | None = None
@@ -436,8 +437,8 @@ def _options(request: _Request, max_tokens: int | None) -> dict[str, Any]:
         options["max_new_tokens"] = max_tokens
     for name in ("temperature", "top_p", "top_k", "seed", "branches", "max_branch_tokens", "max_branches",
                  "merge", "parallel", "force_plan", "output_format", "repetition_guard", "trunk_repetition_guard",
-                 "repeated_label_guard", "plan_in_view", "descriptive_titles", "nonempty_branches",
-                 "single_title_plans"):
+                 "repeated_label_guard", "exemplar_step", "plan_in_view", "descriptive_titles",
+                 "nonempty_branches", "single_title_plans"):
         value = getattr(request, name)
         if value is not None:
             options[name] = value
