@@ -92,9 +92,11 @@ class DecodeOptions:
     "each branch equals plain decoding of that". It costs one step's length of parallelism; see
     `benchmarks/quality/README.md` for what it buys."""
     descriptive_titles: bool = True
-    """While the model plans, keep titles from starting with a number (``1``, ``2.``) or a generic word
-    (the ``Step`` of ``Step 1``, ``Part 2``), which tell a branch nothing about its subject
-    (`pbd_core.titles`): a token mask at each title's first token only. Caller-given titles are never
+    """While the model plans, keep titles from starting with a number (``1``, ``2.``), a generic word
+    (the ``Step`` of ``Step 1``, ``Part 2``) or an answer label (``Answer``, ``Yes``), which tell a branch
+    nothing about its subject, or with ``#`` (`pbd_core.titles`): a token mask at each title's first
+    token only. With the labels and ``#`` masked too, Qwen2.5-Coder-0.5B planned on 32 of 40
+    parallelizable prompts (was 28) and the same 4 of 36 others. Caller-given titles are never
     touched. In-process models only (a server samples on its own). On by default: with the adapters'
     planning instructions, Qwen2.5-Coder-0.5B planned a block of two or more branches on 35 of 40
     parallelizable prompts and 4 of 36 prompts with nothing to split, against 33/40 and 6/36 without it
