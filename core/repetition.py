@@ -129,11 +129,11 @@ class RepetitionGuard:
         if longest:
             held.append(_offset(ends, self.seen - longest))
         self._scan_lines(text)
+        partial = text[self._line_start :]
         if self._last_line is not None:
-            partial = text[self._line_start :]
             if _MARKER_SO_FAR.fullmatch(partial) or self._last_line.startswith(_normal(partial)):
                 held.append(self._line_start)  # this line may turn out to be the last one again
-        if self._seen_labels and self._line_cut is None and _may_become_label(text[self._line_start :], self._seen_labels):
+        if self._seen_labels and self._line_cut is None and _may_become_label(partial, self._seen_labels):
             held.append(self._line_start)  # this line may turn out to repeat a label
         return min(held) if held else None
 
@@ -156,10 +156,14 @@ class RepetitionGuard:
         """The start of the line being written when it begins with a label an earlier line began with."""
         if not self.labels or self._line_cut is not None:
             return self._line_cut
-        label = _label(text[self._line_start :])
-        if label is not None and label in self._seen_labels:
+        if self._repeats_label(text[self._line_start :]):
             self._line_cut = self._line_start
         return self._line_cut
+
+    def _repeats_label(self, line: str) -> bool:
+        """Whether ``line`` begins with a label an earlier line of the step began with."""
+        label = _label(line)
+        return label is not None and label in self._seen_labels
 
     def _scan_lines(self, text: str) -> int | None:
         """Read the lines completed since the last call; the start of a line that repeats the one before."""
@@ -170,10 +174,10 @@ class RepetitionGuard:
             raw = text[self._line_start : end]
             line = _normal(raw)
             if self.labels:
-                label = _label(raw + "\n")
-                if label is not None and label in self._seen_labels:
+                if self._repeats_label(raw + "\n"):
                     self._line_cut = self._line_start
                     break
+                label = _label(raw + "\n")
                 if label is not None:
                     self._seen_labels.add(label)
             if line:

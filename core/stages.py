@@ -452,21 +452,26 @@ class DecodeRun(RunState):
     def _start_branches(self, titles: list[str], prefix: list[int]) -> Run:
         branches = []
         for slot, title in enumerate(titles):
-            seed = encode(self.tokenizer, seed_text(title))
-            branch = _Branch(
-                index=len(self.branches) + slot,
-                slot=slot,
-                title=title,
-                seed_ids=seed,
-                context_ids=prefix + seed,
-                stream=TextStream(self.tokenizer, seed),
-                guard=RepetitionGuard(self.branch_guard, labels=self.options.repeated_label_guard)
-                if self.branch_guard else None,
-            )
-            branches.append(branch)
-            yield BranchStartEvent(branch.index, title, self.blocks)
-            yield TokenEvent(seed_text(title), branch.index, "parallel", None)
+            branches.append((yield from self._start_branch(title, prefix, slot)))
         return branches
+
+    def _start_branch(self, title: str, prefix: list[int], slot: int = 0) -> Run:
+        """A step titled ``title`` after ``prefix`` (a branch of a block, or a sequential step): its seed,
+        its guard, and the events that open it."""
+        seed = encode(self.tokenizer, seed_text(title))
+        branch = _Branch(
+            index=len(self.branches) + slot,
+            slot=slot,
+            title=title,
+            seed_ids=seed,
+            context_ids=prefix + seed,
+            stream=TextStream(self.tokenizer, seed),
+            guard=RepetitionGuard(self.branch_guard, labels=self.options.repeated_label_guard)
+            if self.branch_guard else None,
+        )
+        yield BranchStartEvent(branch.index, title, self.blocks)
+        yield TokenEvent(seed_text(title), branch.index, "parallel", None)
+        return branch
 
     def _parallel_then_merge(self, titles: list[str]) -> Run:
         prefix = list(self.context)
@@ -621,19 +626,7 @@ class DecodeRun(RunState):
     def _sequential_step(self, title: str) -> Run:
         """Write one titled step after ``self.context`` and append it there (a step of the baseline, or
         the worked example of ``exemplar_step``)."""
-        seed = encode(self.tokenizer, seed_text(title))
-        b = _Branch(
-            index=len(self.branches),
-            slot=0,
-            title=title,
-            seed_ids=seed,
-            context_ids=self.context + seed,
-            stream=TextStream(self.tokenizer, seed),
-            guard=RepetitionGuard(self.branch_guard, labels=self.options.repeated_label_guard)
-            if self.branch_guard else None,
-        )
-        yield BranchStartEvent(b.index, title, self.blocks)
-        yield TokenEvent(seed_text(title), b.index, "parallel", None)
+        b = yield from self._start_branch(title, self.context)
         handle = yield Decode(
             b.context_ids,
             max_tokens=self.options.max_branch_tokens,
