@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import tasks as T  # noqa: E402
+from pbd_integrations.prompts import PLANNING_SYSTEM_PROMPT  # noqa: E402
 
 
 def candidates() -> dict[str, str]:
@@ -42,38 +43,22 @@ def candidates() -> dict[str, str]:
 
 
 DRAFTS: dict[str, str] = {
-    "format-inside": (
-        "If the request has two or more parts that can be worked out independently of each other (check each "
-        "of several items, answer several separate questions, compare several options), write each part as a "
-        "step: '####', a short title that names the part, ':', then the step. After the last step write "
-        "'####%%%%' and then the conclusion. A format the request asks for (such as an 'Answer:' line for "
-        "each part) goes inside each step, after its title. If the request is one question, one calculation "
-        "or one piece of writing, answer it directly, without '####'.\n"
-        "Example of a request with independent parts:\n"
-        "Which of these are fruits: apple, carrot?\n"
-        "####Apple: An apple is a fruit.\n"
-        "####Carrot: A carrot is a vegetable.\n"
-        "####%%%%\n"
-        "The apple is a fruit; the carrot is not.\n"
-        "Example of a single request:\n"
-        "What is 12 times 3?\n"
-        "12 times 3 is 36."
+    # The shipped text with one change each (so they follow it): a sentence on formats the request asks
+    # for, or an example whose request asks for "Answer:" lines.
+    "format-inside": PLANNING_SYSTEM_PROMPT.replace(
+        "If the request is one question",
+        "A format the request asks for (such as an 'Answer:' line for each part) goes inside each step, after "
+        "its title. If the request is one question",
+        1,
     ),
     "format-example": (
-        "If the request has two or more parts that can be worked out independently of each other (check each "
-        "of several items, answer several separate questions, compare several options), write each part as a "
-        "step: '####', a short title that names the part, ':', then the step. After the last step write "
-        "'####%%%%' and then the conclusion. If the request is one question, one calculation or one piece of "
-        "writing, answer it directly, without '####'.\n"
-        "Example of a request with independent parts:\n"
-        "Which of these are fruits: apple, carrot? End each part with 'Answer: yes' or 'Answer: no'.\n"
-        "####Apple: An apple is a fruit. Answer: yes\n"
-        "####Carrot: A carrot is a vegetable. Answer: no\n"
-        "####%%%%\n"
-        "The apple is a fruit; the carrot is not.\n"
-        "Example of a single request:\n"
-        "What is 12 times 3?\n"
-        "12 times 3 is 36."
+        PLANNING_SYSTEM_PROMPT.replace(
+            "Which of these are fruits: apple, carrot?\n",
+            "Which of these are fruits: apple, carrot? End each part with 'Answer: yes' or 'Answer: no'.\n",
+            1,
+        )
+        .replace("An apple is a fruit.\n", "An apple is a fruit. Answer: yes\n", 1)
+        .replace("A carrot is a vegetable.\n", "A carrot is a vegetable. Answer: no\n", 1)
     ),
     "examples3": (
         "Answer in steps only when the request asks for the same kind of work on several separate things "
