@@ -277,7 +277,35 @@ def test_nonempty_branches_reaches_the_engine(server: str) -> None:
     assert [b["title"] for b in on["pbd"]["branches"]] == ["Tea", "Coffee"]
 
 
-@pytest.mark.parametrize("field", ["nonempty_branches", "single_title_plans"])
+ANSWER_LINES_PROMPT = (
+    "Prices.\n####Milk: Answer: 1\nAnswer: 2\nAnswer: 3\n####Bread: Answer: 4\nAnswer: 5\nAnswer: 6\n"
+    "####Eggs: Answer: 7\nAnswer: 8\nAnswer: 9\n"
+)  # every step of the examples goes on with more "Answer:" lines: the model's steps do too
+
+
+def test_repeated_label_guard_reaches_the_engine(server: str) -> None:
+    """``repeated_label_guard`` (`pbd_core.repetition`): on (the default), a step ends before its second
+    ``Answer:`` line; off, it writes on to its budget."""
+    budget = {"branches": ["Tea", "Coffee"], "max_tokens": 40, "max_branch_tokens": 12}
+    on = _complete(server, ANSWER_LINES_PROMPT, **budget)
+    off = _complete(server, ANSWER_LINES_PROMPT, repeated_label_guard=False, **budget)
+    assert [b["finish_reason"] for b in on["pbd"]["branches"]] == ["repetition", "repetition"]
+    assert [b["finish_reason"] for b in off["pbd"]["branches"]] == ["length", "length"]
+    tea = on["choices"][0]["text"].split("####Tea:", 1)[1].split("\n####", 1)[0]
+    assert tea.count("Answer:") == 1, on["choices"][0]["text"]
+    assert off["choices"][0]["text"].split("####Tea:", 1)[1].split("\n####", 1)[0].count("Answer:") == 2
+
+
+def test_exemplar_step_reaches_the_engine(server: str) -> None:
+    """``exemplar_step``: the first of three steps is written alone, so at most two branches are live."""
+    budget = {"branches": ["Tea", "Coffee", "Juice"], "max_tokens": 40, "max_branch_tokens": 6}
+    on = _complete(server, ANSWER_LINES_PROMPT, exemplar_step=True, **budget)
+    off = _complete(server, ANSWER_LINES_PROMPT, **budget)
+    assert (on["pbd"]["stats"]["max_live_branches"], off["pbd"]["stats"]["max_live_branches"]) == (2, 3)
+    assert [b["title"] for b in on["pbd"]["branches"]] == ["Tea", "Coffee", "Juice"]
+
+
+@pytest.mark.parametrize("field", ["nonempty_branches", "single_title_plans", "repeated_label_guard", "exemplar_step"])
 @pytest.mark.parametrize("endpoint", ["/completions", "/chat/completions"])
 def test_a_non_boolean_engine_flag_is_refused_naming_the_field(server: str, field: str, endpoint: str) -> None:
     body = {"model": MODEL, "max_tokens": 2, field: "sometimes"}
