@@ -156,7 +156,10 @@ class ParallelBranchLLM(FunctionCallingLLM):
     )
     descriptive_titles: bool = Field(
         default=True,
-        description="While the model plans, a title may not start with a number or 'Step'/'Part' (in-process models).",
+        description=(
+            "While the model plans, a title may not start with a number, 'Step'/'Part', an answer label "
+            "('Answer', 'Yes') or '#' (in-process models)."
+        ),
     )
     single_title_plans: bool = Field(
         default=False,
