@@ -30,9 +30,13 @@ title and the text into one paragraph.
 Only what the engine itself wrote is changed: the step markers it seeded each
 branch with (replaced by the caller's own title, `BranchResult.title`, not
 the rendered one with ``：``), the ``####%%%%`` it wrote after a block, and
-whitespace around them. Text the model wrote outside the engine's steps (an
+whitespace around them; and one thing the model wrote: a ``####`` the engine
+read as the start of a plan but could not read a title after
+(`TokenEvent.unread_marker`: ``####Mia has 79 dollars. ...`` with no ``:``,
+or ``#### What is 5 times 7?`` then a line break), which goes with the spaces
+after it. Other text the model wrote outside the engine's steps (an
 intro, a conclusion, a plain answer, JSON, a tool call) is kept byte for byte,
-so an answer without branches is unchanged and structured output parses as
+so an answer without branches or markers is unchanged and structured output parses as
 before. A model that writes the format itself in plain decoding
 (``parallel=False`` without caller branches) is not rewritten: the engine did
 not decode those steps, and text that merely looks like the format (inside a
@@ -190,6 +194,7 @@ class ReadableEvents:
         self._after_block = False  # trunk text after a block: no visible character yet
         self._visible = False  # a non-space character is in the readable text (outside the open block)
         self._tail = ""  # the readable text's last characters (outside the open block)
+        self._after_marker = False  # an unread ``####`` was left out; spaces right after it go too
 
     def feed(self, event: StreamEvent) -> list[StreamEvent]:
         """The readable counterpart of one event."""
@@ -236,7 +241,15 @@ class ReadableEvents:
         return visible
 
     def _trunk(self, event: TokenEvent) -> str:
+        if event.unread_marker:  # the model's ``####`` that opened no plan: the reader does not see it
+            self._after_marker = True
+            return ""
         text = event.text
+        if self._after_marker:  # nor the spaces after it (``#### What is ...``)
+            text = text.lstrip(" \t")
+            if not text:
+                return ""
+            self._after_marker = False
         if self._close_pending and text:
             self._close_pending = False
             self._block = None

@@ -49,6 +49,7 @@ from .executors.base import (
 )
 from .options import DecodeOptions
 from .plan_format import (
+    CLOSE_MARKER,
     CLOSE_TEXT,
     ELISION,
     STEP_MARKER,
@@ -110,6 +111,8 @@ class _Segment:
     handle: Any = None
     emitted: int = 0
     guard: RepetitionGuard | None = None
+    unread_markers: list[int] = field(default_factory=list)
+    """Where the model wrote a ``####`` that opened no plan (its title could not be read), in ``stream.text``."""
 
 
 @dataclass
@@ -236,6 +239,16 @@ class DecodeRun(RunState):
         end = len(text) - held_back(text, self._needles()) if upto is None else upto
         if upto is None and segment.guard is not None:  # a repeat in progress may still be cut
             end = min(end, _held_from(segment.guard, segment.stream))
+        # An unread ``####`` goes out as an event of its own, so the readable text can leave it out.
+        while segment.unread_markers and segment.unread_markers[0] + len(STEP_MARKER) <= end:
+            marker = segment.unread_markers.pop(0)
+            if marker < segment.emitted:
+                continue
+            if marker > segment.emitted:
+                yield TokenEvent(text[segment.emitted : marker], None, self._stage, None)
+            written = CLOSE_MARKER if text.startswith(CLOSE_MARKER, marker, end) else STEP_MARKER
+            yield TokenEvent(written, None, self._stage, None, unread_marker=True)
+            segment.emitted = marker + len(written)
         if end > segment.emitted:
             yield TokenEvent(text[segment.emitted : end], None, self._stage, token_id)
             segment.emitted = end
@@ -318,6 +331,7 @@ class DecodeRun(RunState):
             outcome = yield from self._plan_titles(segment, 0)
             if outcome is not None:
                 return outcome
+            segment.unread_markers.append(0)
             search_from = len(STEP_MARKER)
         while True:
             if self.budget_left <= 0 or segment.start + len(segment.stream.token_ids) >= self.context_window:
@@ -345,9 +359,15 @@ class DecodeRun(RunState):
                     outcome = yield from self._plan_titles(segment, marker)
                     if outcome is not None:
                         return outcome
+                    segment.unread_markers.append(marker)
                     search_from = marker + len(STEP_MARKER)  # malformed: the text stays, keep decoding
                     continue
             yield from self._emit_trunk(segment, token_id=token)
+
+    def _end_unread(self, segment: _Segment, marker: int, reason: FinishReason) -> Run:
+        """The answer ended while the title after the ``####`` at ``marker`` was still being written."""
+        segment.unread_markers.append(marker)
+        return (yield from self._end_segment(segment, len(segment.stream.text), reason))
 
     def _end_segment(self, segment: _Segment, text_end: int, reason: FinishReason) -> Run:
         yield Close(segment.handle)
@@ -379,13 +399,13 @@ class DecodeRun(RunState):
             if read.status != "pending":
                 break
             if self.budget_left <= 0:
-                return (yield from self._end_segment(segment, len(stream.text), "length"))
+                return (yield from self._end_unread(segment, marker, "length"))
             token = yield NextToken(segment.handle, self.budget_left)
             if isinstance(token, StreamEnd):
-                return (yield from self._end_segment(segment, len(stream.text), token.reason))
+                return (yield from self._end_unread(segment, marker, token.reason))
             self._count()
             if token in self.eos_ids:
-                return (yield from self._end_segment(segment, len(stream.text), "eos"))
+                return (yield from self._end_unread(segment, marker, "eos"))
             stream.push(token)
             read = read_title(stream.text[after_marker:])
         if read.status != "title":

@@ -142,6 +142,10 @@ class TokenEvent:
     stage: Stage
     token_id: int | None = None
     """The sampled token, or ``None`` for text the engine wrote itself (a title, a format marker)."""
+    unread_marker: bool = False
+    """True for a ``####`` the model wrote that opened no plan (no title could be read after it: a line
+    break, 120 characters or the end of the answer came before ``:``). It stays in the raw text; the
+    readable text leaves it out (`pbd_core.readable`)."""
 
 
 @dataclass
