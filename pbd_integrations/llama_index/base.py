@@ -158,7 +158,7 @@ class ParallelBranchLLM(FunctionCallingLLM):
         default=True,
         description=(
             "While the model plans, a title may not start with a number, 'Step'/'Part', an answer label "
-            "('Answer', 'Yes') or '#' (in-process models)."
+            "('Answer', 'Yes') or '#', and a question title ends at its '?' (in-process models)."
         ),
     )
     single_title_plans: bool = Field(

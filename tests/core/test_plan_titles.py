@@ -23,6 +23,11 @@ def raw_text(result) -> str:
     return getattr(result, "raw_text", None) or result.text
 
 
+def banned_texts(constraint: DescriptiveTitles) -> set[str]:
+    ids = constraint.banned()
+    return set() if ids is None else {constraint.tokenizer.decode([i]) for i in ids.tolist()}
+
+
 NUMBERED = rules(
     ("Q\n", "Intro.\n####1:"),
     ("1: ...\n####", "2:"),
@@ -60,9 +65,9 @@ def test_a_title_may_not_start_with_a_generic_word_token():
     constraint = DescriptiveTitles(tokenizer, tokenizer("Intro.\n####")["input_ids"])
     banned = {tokenizer.decode([i]) for i in constraint.banned().tolist()}
     assert banned == set("0123456789#") | {"Step", " Step", "PART"}
-    for token in tokenizer("Steps")["input_ids"]:  # the title has started: nothing more is masked
+    for token in tokenizer("Steps")["input_ids"]:  # the title has started: its first-token mask is over
         constraint.advance(token)
-    assert constraint.banned() is None
+    assert banned_texts(constraint) == set()
 
 
 def test_a_title_may_not_be_an_answer_label():
@@ -83,6 +88,68 @@ def test_a_title_may_not_start_with_another_marker():
     constraint = DescriptiveTitles(tokenizer, tokenizer("Intro.\n####")["input_ids"])
     banned = {tokenizer.decode([i]) for i in constraint.banned().tolist()}
     assert {"#", " ####", "##", "#include"} <= banned
+
+
+QUESTION_HEADINGS = rules(  # what Qwen2.5-Coder-0.5B wrote: a question title ended by a line break, not ':'
+    ("Q\n", "####What is 2 plus 2?\nAnswer: 4\n####What is 3 plus 3?\nAnswer: 6\n"),
+)
+ANSWER_IN_TITLE = rules(  # its next choice once a line break was masked: the title ran on into "? Answer:"
+    ("####What is 2 plus 2?", " Answer:"),
+)
+QUESTION_TITLES = rules(  # the choice after that
+    ("####What is 2 plus 2?", ":"),
+    ("2 plus 2?: ...\n####", "What is 3 plus 3?:"),
+    ("3 plus 3?: ...\n####", "%%%%"),
+    ("####What is 2 plus 2?:", " Answer: 4\n####"),
+    ("####What is 3 plus 3?:", " Answer: 6\n####"),
+    ("####%%%%\n", "Done."),
+)
+
+
+def test_a_question_title_ends_with_a_colon_so_the_plan_is_read():
+    """``####What is 2 plus 2?`` then a line break is a heading the plan reader cannot read (a title ends at
+    ``:``), so the steps stayed plain text with ``####`` in what the user reads. With a line break masked
+    alone, Qwen wrote ``What is 5 times 7? Answer:``. So after a title's ``?`` only a ``:`` may come."""
+    decoder = scripted_decoder(ranked(QUESTION_HEADINGS, ANSWER_IN_TITLE, QUESTION_TITLES))
+    result = decoder.generate(RawPrompt("Q\n"), descriptive_titles=True)
+    assert [(b.title, b.text) for b in result.branches] == [
+        ("What is 2 plus 2?", " Answer: 4\n"), ("What is 3 plus 3?", " Answer: 6\n")]
+    assert "####" not in result.text
+
+
+def test_without_the_option_a_question_heading_stays_text():
+    decoder = scripted_decoder(ranked(QUESTION_HEADINGS, ANSWER_IN_TITLE, QUESTION_TITLES))
+    result = decoder.generate(RawPrompt("Q\n"), descriptive_titles=False)
+    assert result.branches == []
+    assert result.raw_text == "####What is 2 plus 2?\nAnswer: 4\n####What is 3 plus 3?\nAnswer: 6\n"
+    assert result.text == "What is 2 plus 2?\nAnswer: 4\nWhat is 3 plus 3?\nAnswer: 6\n"  # no unread marker
+
+
+@pytest.mark.parametrize(
+    "before, masked",
+    [
+        ("####What is 2 plus 2?", True),
+        ("#### What is 2 plus 2? ", True),  # spaces after the '?' too
+        ("####What is 2 plus 2", False),  # no '?' yet
+        ("####Is it? Yes", False),  # the title went on after its '?'
+        ("####What is 2 plus 2?: yes?", False),  # the title is over: the body's '?' is the model's
+        ("####What?\nWhy?", False),  # a line break already ended it
+        ("Why?", False),  # not a title
+        ("####%%%%\nWhy?", False),  # the conclusion
+    ],
+)
+def test_a_titles_question_mark_ends_it(before, masked):
+    tokenizer = byte_tokenizer()
+    tokenizer.add_tokens(["\n\n", " \n", "?\n", " :"])
+    constraint = DescriptiveTitles(tokenizer, [])
+    for token in tokenizer(before)["input_ids"]:
+        constraint.advance(token)
+    banned = banned_texts(constraint)
+    if not masked:
+        assert not {"\n", "\n\n", " \n"} & banned
+        return
+    assert banned >= {"\n", "\n\n", " \n", "\r", "?\n", " ", "A", "?"}  # the title ends here:
+    assert not {":", " :"} & banned  # only a colon may come next
 
 
 def test_a_forced_plan_is_held_to_it_from_its_first_title():
@@ -113,29 +180,30 @@ def test_numbers_elsewhere_are_untouched():
     assert raw_text(result) == "In 2024 we had 3 goals.\n####Top 3 fruit: 1. apples, 2. pears.\n####%%%%\nAll 3 done."
 
 
+FIRST_TOKEN = set("0123456789#")
+
+
 @pytest.mark.parametrize(
     "before, banned",
     [
-        ("Intro.\n####", True),
-        ("Intro.\n####  (", True),  # spaces and brackets do not start the title yet
-        ("####Step ", False),  # the title has started: later tokens are the model's
-        ("####Apples", False),
-        ("####Top ", False),
-        ("####Apples: ", False),  # the title is over
-        ("####%%", False),  # the close marker
-        ("Intro.\n", False),  # no title started
+        ("Intro.\n####", FIRST_TOKEN),
+        ("Intro.\n####  (", FIRST_TOKEN),  # spaces and brackets do not start the title yet
+        ("####Step ", {"?\n"}),  # the title has started: only a '?' that ends its line is masked
+        ("####Apples", {"?\n"}),
+        ("####Top ", {"?\n"}),
+        ("####Apples: ", set()),  # the title is over
+        ("####Apples\n", set()),  # a line break ended it (malformed)
+        ("####%%", {"?\n"}),  # the close marker, as far as it goes, reads like a title's start
+        ("Intro.\n", set()),  # no title started
     ],
 )
 def test_which_tokens_are_banned_where(before, banned):
     tokenizer = byte_tokenizer()
+    tokenizer.add_tokens(["?\n"])
     constraint = DescriptiveTitles(tokenizer, [])
     for token in tokenizer(before)["input_ids"]:
         constraint.advance(token)
-    ids = constraint.banned()
-    if not banned:
-        assert ids is None
-        return
-    assert {tokenizer.decode([i]) for i in ids.tolist()} == set("0123456789#")
+    assert banned_texts(constraint) == banned
 
 
 def test_only_in_process_models_plan_under_the_mask():
