@@ -5,7 +5,8 @@ branches, the close marker, a conclusion) goes through LangChain, LlamaIndex
 and ``pbd serve``: the content has no ``####``/``%%%%``, streaming adds up to
 the non-streamed content, the raw option gives the old text exactly, and the
 per-branch events still carry the branch format. Then a real tiny model
-(`tests/tiny_models.py`) through LangChain and the engine.
+(`tests/tiny_models.py`) through LangChain and the engine, and the real engine
+on a scripted model whose ``####`` opens no plan (left out of the content).
 """
 
 from __future__ import annotations
@@ -226,3 +227,38 @@ def test_tiny_model_through_langchain(tiny_decoder) -> None:
     engine = tiny_decoder.generate(prompt, branches=options["branches"], max_new_tokens=40, max_branch_tokens=8)
     assert engine.text == message.content and engine.raw_text == raw
     assert llm.invoke("Compare tea and coffee.", output_format="raw", **options).content == raw
+
+
+# --------------------------------------------------------------------------- a '####' that opened no plan
+
+
+def marker_first_decoder():
+    """The real engine on a scripted model that opens its direct answer with the marker and no title
+    (what Qwen2.5-Coder-0.5B did on word problems: ``####Mia has 79 dollars. ...``)."""
+    from scripted_model import ScriptedLM, rules
+
+    from pbd_core import ParallelBranchDecoder
+
+    model = ScriptedLM(rules(("assistant:", "####Mia has 9 dollars.\nShe has 9 now.")))
+    return ParallelBranchDecoder(model, model.tokenizer)
+
+
+def test_a_marker_that_opened_no_plan_is_not_in_the_content() -> None:
+    pytest.importorskip("langchain_core")
+    from pbd_integrations import ChatParallelBranch
+
+    llm = ChatParallelBranch(model=marker_first_decoder(), max_tokens=60)
+    message = llm.invoke("How many dollars has Mia?")
+    assert message.content == "Mia has 9 dollars.\nShe has 9 now."
+    assert message.response_metadata["raw_text"] == "####Mia has 9 dollars.\nShe has 9 now."
+    assert "".join(chunk.content for chunk in llm.stream("How many dollars has Mia?")) == message.content
+    assert llm.invoke("How many dollars has Mia?", output_format="raw").content.startswith("####Mia")
+
+
+def test_llama_index_leaves_it_out_too() -> None:
+    pytest.importorskip("llama_index.core")
+    from pbd_integrations.llama_index import ParallelBranchLLM
+
+    llm = ParallelBranchLLM(model=marker_first_decoder(), max_tokens=60)
+    assert llm.complete("How many dollars has Mia?").text == "Mia has 9 dollars.\nShe has 9 now."
+    assert "".join(r.delta for r in llm.stream_complete("How many dollars has Mia?")) == "Mia has 9 dollars.\nShe has 9 now."
