@@ -50,6 +50,7 @@ from .executors.base import (
 from .options import DecodeOptions
 from .plan_format import (
     CLOSE_MARKER,
+    CLOSE_TAIL,
     CLOSE_TEXT,
     ELISION,
     STEP_MARKER,
@@ -112,7 +113,8 @@ class _Segment:
     emitted: int = 0
     guard: RepetitionGuard | None = None
     unread_markers: list[int] = field(default_factory=list)
-    """Where the model wrote a ``####`` that opened no plan (its title could not be read), in ``stream.text``."""
+    """Where the model wrote a ``####`` that opened no plan (its title could not be read, or `MAX_BLOCKS`
+    blocks were planned already), in ``stream.text``."""
 
 
 @dataclass
@@ -241,7 +243,12 @@ class DecodeRun(RunState):
             end = min(end, _held_from(segment.guard, segment.stream))
         # An unread ``####`` goes out as an event of its own, so the readable text can leave it out.
         while segment.unread_markers and segment.unread_markers[0] + len(STEP_MARKER) <= end:
-            marker = segment.unread_markers.pop(0)
+            marker = segment.unread_markers[0]
+            after = text[marker + len(STEP_MARKER) : end]
+            if upto is None and len(after) < len(CLOSE_TAIL) and CLOSE_TAIL.startswith(after):
+                end = marker  # the rest of a close marker may come with the next token
+                break
+            segment.unread_markers.pop(0)
             if marker < segment.emitted:
                 continue
             if marker > segment.emitted:
@@ -353,14 +360,16 @@ class DecodeRun(RunState):
                 cut = segment.guard.cut(text, segment.stream.ends)
                 if cut is not None:
                     return (yield from self._end_segment(segment, max(cut, segment.emitted), "repetition"))
-            if self.planning and self.blocks < MAX_BLOCKS:
+            if self.planning:
                 marker = text.find(STEP_MARKER, max(search_from, before - len(STEP_MARKER)))
                 if marker != -1:
-                    outcome = yield from self._plan_titles(segment, marker)
-                    if outcome is not None:
-                        return outcome
+                    if self.blocks < MAX_BLOCKS:
+                        outcome = yield from self._plan_titles(segment, marker)
+                        if outcome is not None:
+                            return outcome
+                    # Malformed, or no block left to plan: the text stays, keep decoding.
                     segment.unread_markers.append(marker)
-                    search_from = marker + len(STEP_MARKER)  # malformed: the text stays, keep decoding
+                    search_from = marker + len(STEP_MARKER)
                     continue
             yield from self._emit_trunk(segment, token_id=token)
 

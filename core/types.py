@@ -144,8 +144,9 @@ class TokenEvent:
     """The sampled token, or ``None`` for text the engine wrote itself (a title, a format marker)."""
     unread_marker: bool = False
     """True for a ``####`` the model wrote that opened no plan (no title could be read after it: a line
-    break, 120 characters or the end of the answer came before ``:``). It stays in the raw text; the
-    readable text leaves it out (`pbd_core.readable`)."""
+    break, 120 characters or the end of the answer came before ``:``; or the answer had planned its last
+    block, `pbd_core.stages.MAX_BLOCKS`). It stays in the raw text; the readable text leaves it out
+    (`pbd_core.readable`)."""
 
 
 @dataclass

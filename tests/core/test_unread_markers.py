@@ -58,3 +58,21 @@ def test_plain_decoding_and_plans_are_untouched():
         ("####Tea:", " calm.\n####"), ("####Coffee:", " strong.\n####"), ("####%%%%\n", "Both."),
     ).generate(RawPrompt("Q\n"))
     assert planned.text == "**Tea**\n\ncalm.\n\n**Coffee**\n\nstrong.\n\nBoth."
+
+
+def test_a_step_after_the_last_block_the_engine_plans_is_read_as_text(monkeypatch):
+    """After `MAX_BLOCKS` blocks the engine plans no more; a runaway answer's further ``####City:`` steps
+    (Qwen looped over tool results that way at 512 tokens) are the model's text without the marker."""
+    import pbd_core.stages
+
+    monkeypatch.setattr(pbd_core.stages, "MAX_BLOCKS", 1)
+    decoder = decoder_for(
+        ("Q\n", "####A:"), ("A: ...\n####", "B:"), ("B: ...\n####", "%%%%"),
+        ("####A:", " a.\n####"), ("####B:", " b.\n####"),
+        ("####%%%%\n", "Again:\n####C: c.\n####%%%%\nDone."),
+        leak_guard=(),
+    )
+    result = decoder.generate(RawPrompt("Q\n"))
+    assert [b.title for b in result.branches] == ["A", "B"]
+    assert result.raw_text == "####A: a.\n####B: b.\n####%%%%\nAgain:\n####C: c.\n####%%%%\nDone."
+    assert result.text == "**A**\n\na.\n\n**B**\n\nb.\n\nAgain:\nC: c.\n\nDone."
