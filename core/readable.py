@@ -33,8 +33,7 @@ the rendered one with ``：``), the ``####%%%%`` it wrote after a block, and
 whitespace around them; and one thing the model wrote: a ``####`` the engine
 read as the start of a plan but could not read a title after
 (`TokenEvent.unread_marker`: ``####Mia has 79 dollars. ...`` with no ``:``,
-or ``#### What is 5 times 7?`` then a line break), which goes with the spaces
-after it. Other text the model wrote outside the engine's steps (an
+or ``#### Totals`` then a line break), which goes with the spaces after it. Other text the model wrote outside the engine's steps (an
 intro, a conclusion, a plain answer, JSON, a tool call) is kept byte for byte,
 so an answer without branches or markers is unchanged and structured output parses as
 before. A model that writes the format itself in plain decoding
@@ -183,8 +182,9 @@ class ReadableEvents:
     text (the ``####<title>:`` seed) becomes its title line; its body loses
     leading and trailing whitespace; the first trunk text the engine writes
     after a block (``####%%%%``) loses the marker; the text after a block loses
-    its leading whitespace. Trunk text before any block passes through as it is,
-    chunk for chunk, so a plain answer's events are unchanged.
+    its leading whitespace; an unread ``####`` (`TokenEvent.unread_marker`) and
+    the spaces after it are dropped. Other trunk text before any block passes
+    through as it is, chunk for chunk, so a plain answer's events are unchanged.
     """
 
     def __init__(self) -> None:

@@ -32,11 +32,12 @@ after ``####``; spaces and ``(``/``[`` aside):
   22), and the sub-questions are titled ``What is 5 times 7?``.
 
 Nothing else is touched: the model's next choice is taken as it is (``Step 1``
-becomes e.g. ``Preheat the oven``), text outside a title and every later token
-of a title are never masked (``Top 3 fruit`` is fine), and caller-given titles
-are never planned, so ``branches=["1", "2"]`` stays as given. Masking later
-tokens was tried and is worse: after ``Step `` with the digits masked,
-SmolLM2-135M's next choice is a line break, which ends the plan.
+becomes e.g. ``Preheat the oven``), text outside a title is never masked, nor
+is a later token of a title but for the question rule (``Top 3 fruit`` is
+fine), and caller-given titles are never planned, so ``branches=["1", "2"]``
+stays as given. Masking digits and generic words at later tokens was tried and
+is worse: after ``Step `` with the digits masked, SmolLM2-135M's next choice is
+a line break, which ends the plan.
 
 On by default since the quality suite measured it (`benchmarks/quality`): with
 the adapters' planning instructions Qwen2.5-Coder-0.5B planned blocks of two or
@@ -113,6 +114,7 @@ class DescriptiveTitles:
         if head.rstrip(" \t").endswith("?"):
             return _after_question_tokens(self.tokenizer)
         return _question_break_tokens(self.tokenizer)
+
     def mask_logits(self, logits: torch.Tensor, budget: int | None = None) -> torch.Tensor:
         banned = self.banned()
         if banned is not None:
