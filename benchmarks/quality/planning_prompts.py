@@ -151,9 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     par, single = data["parallel"][: args.limit], data["single"][: args.single_limit]
     decoder = get_decoder(args.model)
     llm = ChatParallelBranch(model=decoder, temperature=0.0, plan_instructions=False)
+    from run import machine_info, utc_now  # the quality suite's header: commit, CPU flags, load
+
     report: dict[str, Any] = {"command": "python benchmarks/quality/planning_prompts.py "
                               + " ".join(argv if argv is not None else sys.argv[1:]),
-                              "model": decoder.model_name, "engine_options": ENGINE_OPTIONS, "candidates": {}}
+                              "started": utc_now(), "machine": machine_info(), "model": decoder.model_name,
+                              "max_tokens": args.max_tokens, "engine_options": ENGINE_OPTIONS, "candidates": {}}
     for name, system in candidates().items():
         if args.prompts and name not in args.prompts:
             continue
@@ -182,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in s_rows:
             if r["planned"]:
                 print(f"    single planned: {r['id']} -> {r['titles'][:6]}")
+    report["finished"] = utc_now()
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     return 0

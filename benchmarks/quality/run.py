@@ -71,6 +71,11 @@ def _git(*args: str) -> str | None:
         return None
 
 
+def utc_now() -> str:
+    """The time a run starts or ends, as the results files write it."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def machine_info() -> dict[str, Any]:
     import torch
 
@@ -502,7 +507,7 @@ def rescore(path: Path) -> int:
                 row[mode]["answer_value"] = value
                 row[mode]["answer_correct"] = S.is_correct(value, answer["answer"], answer["type"])
     doc["summary"] = summarize(doc["tasks"], doc["single"], doc["timing_alone"], doc["phases_seconds"])
-    doc["rescored"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    doc["rescored"] = utc_now()
     path.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     path.with_suffix(".md").write_text(markdown(doc))
     print(markdown(doc))
@@ -564,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
     machine = machine_info()
-    started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    started = utc_now()
     t_load = time.perf_counter()
     decoder = ParallelBranchDecoder.from_pretrained(args.model, dtype=args.dtype)
     load_seconds = time.perf_counter() - t_load
@@ -604,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     def save(final: bool = False) -> None:
-        doc["finished"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        doc["finished"] = utc_now()
         doc["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         doc["summary"] = summarize(rows, single_rows, timing, phases)
         doc["timing_alone"] = timing
