@@ -173,13 +173,12 @@ class RepetitionGuard:
                 break
             raw = text[self._line_start : end]
             line = _normal(raw)
-            if self.labels:
-                if self._repeats_label(raw + "\n"):
+            label = _label(raw + "\n") if self.labels else None
+            if label is not None:
+                if label in self._seen_labels:
                     self._line_cut = self._line_start
                     break
-                label = _label(raw + "\n")
-                if label is not None:
-                    self._seen_labels.add(label)
+                self._seen_labels.add(label)
             if line:
                 if line == self._last_line and sum(c.isalnum() for c in line) >= LINE_MIN_ALNUM:
                     self._line_cut = self._line_start
