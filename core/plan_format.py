@@ -44,7 +44,9 @@ TITLE_HASH = "\uff03"
 TITLE_PERCENT = "\uff05"
 """How a ``%`` that would form the close marker is written: FULLWIDTH PERCENT SIGN."""
 
-_LINE_BREAK = re.compile(r"\s*[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]\s*")  # what str.splitlines splits at
+LINE_BREAK_CLASS = r"[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]"
+"""A regex character class of what `str.splitlines` splits at: a title never holds one."""
+_LINE_BREAK = re.compile(r"\s*" + LINE_BREAK_CLASS + r"\s*")
 _HASH_RUN = re.compile(r"^#+|#{4,}")
 _LEADING_PERCENTS = re.compile(r"^%{4,}")
 

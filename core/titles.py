@@ -63,15 +63,15 @@ from typing import Any
 import torch
 
 from .detokenize import TextStream, token_texts
-from .plan_format import MAX_TITLE_CHARS, STEP_MARKER
+from .plan_format import LINE_BREAK_CLASS, MAX_TITLE_CHARS, STEP_MARKER
 
 GENERIC_WORDS = ("step", "part", "phase", "stage", "section", "chapter", "task", "item", "option", "question",
                  "answer", "result", "solution", "yes", "no")
 """Words a numbered title starts with, and answer labels; a token that is one of them alone may not start a
 planned title."""
 
-_LINE_BREAK_CHARS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines splits at
-_QUESTION_BREAK = re.compile(r"\?[ \t]*[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
+_LINE_BREAK = re.compile(LINE_BREAK_CLASS)
+_QUESTION_BREAK = re.compile(r"\?[ \t]*" + LINE_BREAK_CLASS)
 _START = re.compile(r"\s*[(\[]*\s*")  # nothing of the title written yet
 _BANNED_TOKEN = re.compile(r"[\s(\[]*(?:\d|#|(?:" + "|".join(GENERIC_WORDS) + r")\s*#?$)", re.IGNORECASE)
 
@@ -100,7 +100,7 @@ class DescriptiveTitles:
         if marker == -1:
             return None
         head = text[marker + len(STEP_MARKER) :]
-        if _START.fullmatch(head) is None and (":" in head or not _LINE_BREAK_CHARS.isdisjoint(head)):
+        if _START.fullmatch(head) is None and (":" in head or _LINE_BREAK.search(head)):
             return None  # the title is over (or never was one)
         return head
 
