@@ -97,14 +97,14 @@ class DecodeOptions:
     nothing about its subject, or with ``#`` (`pbd_core.titles`): a token mask at each title's first
     token only; and a title that is a question ends at its ``?`` (only ``:`` may follow it, so
     ``#### What is 5 times 7?`` and a line break, a heading the plan cannot read, becomes a title).
-    Caller-given titles are never touched. In-process models only (a server samples on its
-    own). On by default, measured with the adapters' planning instructions
+    Caller-given titles are never touched. In-process models only (a server samples on its own). On
+    by default, measured with the adapters' planning instructions
     (`benchmarks/quality/planning_prompts.py`): the numbers and generic words took Qwen2.5-Coder-0.5B from
     33/40 parallelizable and 6/36 other prompts planned to 35/40 and 4/36 (then counted over all blocks;
     ``70 km per hour`` / ``5 hours`` for a word problem are no longer planned); the answer labels and ``#``
     took it from 28/40 to 32/40 blocks of two or more branches, the others unchanged at 4/36 (counted per
-    block); the question rule took it to 35/40 and 3/36. On SmolLM2-135M (8 prompts, greedy, ``force_plan``) it changed 2 plans, both for the worse
-    (the list ended after one or two titles)."""
+    block); the question rule took it to 35/40 and 3/36. On SmolLM2-135M (8 prompts, greedy,
+    ``force_plan``) it changed 2 plans, both for the worse (the list ended after one or two titles)."""
     single_title_plans: bool = False
     """Whether a list of one title the model plans by itself is decoded as a block of one branch. ``False``
     (default): the list is dropped once per answer and the model answers directly, its first token may not

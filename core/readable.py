@@ -33,10 +33,11 @@ the rendered one with ``：``), the ``####%%%%`` it wrote after a block, and
 whitespace around them; and one thing the model wrote: a ``####`` the engine
 read as the start of a plan but could not read a title after
 (`TokenEvent.unread_marker`: ``####Mia has 79 dollars. ...`` with no ``:``,
-or ``#### Totals`` then a line break), which goes with the spaces after it. Other text the model wrote outside the engine's steps (an
-intro, a conclusion, a plain answer, JSON, a tool call) is kept byte for byte,
-so an answer without branches or markers is unchanged and structured output parses as
-before. A model that writes the format itself in plain decoding
+or ``#### Totals`` then a line break), which goes with the spaces after it.
+Other text the model wrote outside the engine's steps (an intro, a
+conclusion, a plain answer, JSON, a tool call) is kept byte for byte, so an
+answer without branches or markers is unchanged and structured output parses
+as before. A model that writes the format itself in plain decoding
 (``parallel=False`` without caller branches) is not rewritten: the engine did
 not decode those steps, and text that merely looks like the format (inside a
 JSON string, say) must not change.
