@@ -147,6 +147,30 @@ def read_title(text: str) -> TitleRead:
     return TitleRead("title", title)
 
 
+_UNREAD_CLOSE = re.compile(r"####[ \t]*%%%%")
+
+
+def unread_marker_span(text: str, marker: int, end: int) -> int | None:
+    """How many characters of ``text[marker:end]`` an unread ``####`` covers, or None while that is not
+    known yet: a close marker written where no block is open (``####%%%%``, or ``#### %%%%`` with spaces)
+    goes whole, any other ``####`` alone. None means what follows may still become ``%%%%``.
+
+    >>> unread_marker_span("#### %%%%\\nIt is 400.", 0, 20)
+    9
+    >>> unread_marker_span("#### What", 0, 9)
+    4
+    >>> unread_marker_span("#### %%", 0, 7) is None
+    True
+    """
+    close = _UNREAD_CLOSE.match(text, marker, end)
+    if close:
+        return close.end() - marker
+    pending = text[marker + len(STEP_MARKER) : end].lstrip(" \t")
+    if len(pending) < len(CLOSE_TAIL) and CLOSE_TAIL.startswith(pending):
+        return None
+    return len(STEP_MARKER)
+
+
 _SECTION = re.compile(r"####(?!%%%%)([^\n:#]{1,120}):")
 
 

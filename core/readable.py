@@ -246,8 +246,9 @@ class ReadableEvents:
             self._after_marker = True
             return ""
         text = event.text
-        if self._after_marker:  # nor the spaces after it (``#### What is ...``)
-            text = text.lstrip(" \t")
+        if self._after_marker:  # nor the spaces after it (``#### What is ...``), nor a line break that
+            # would open the answer (``#### %%%%`` and a line break, then a direct answer)
+            text = text.lstrip(" \t") if self._visible else text.lstrip()
             if not text:
                 return ""
             self._after_marker = False

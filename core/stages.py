@@ -49,8 +49,6 @@ from .executors.base import (
 )
 from .options import DecodeOptions
 from .plan_format import (
-    CLOSE_MARKER,
-    CLOSE_TAIL,
     CLOSE_TEXT,
     ELISION,
     STEP_MARKER,
@@ -60,6 +58,7 @@ from .plan_format import (
     render_title,
     seed_text,
     split_sections,
+    unread_marker_span,
 )
 from .prompting import encode
 from .repetition import RepetitionGuard, guard_tokens
@@ -244,18 +243,19 @@ class DecodeRun(RunState):
         # An unread ``####`` goes out as an event of its own, so the readable text can leave it out.
         while segment.unread_markers and segment.unread_markers[0] + len(STEP_MARKER) <= end:
             marker = segment.unread_markers[0]
-            after = text[marker + len(STEP_MARKER) : end]
-            if upto is None and len(after) < len(CLOSE_TAIL) and CLOSE_TAIL.startswith(after):
-                end = marker  # the rest of a close marker may come with the next token
-                break
+            span = unread_marker_span(text, marker, end)
+            if span is None:
+                if upto is None:
+                    end = marker  # the rest of a close marker may come with the next token
+                    break
+                span = len(STEP_MARKER)
             segment.unread_markers.pop(0)
             if marker < segment.emitted:
                 continue
             if marker > segment.emitted:
                 yield TokenEvent(text[segment.emitted : marker], None, self._stage, None)
-            written = CLOSE_MARKER if text.startswith(CLOSE_MARKER, marker, end) else STEP_MARKER
-            yield TokenEvent(written, None, self._stage, None, unread_marker=True)
-            segment.emitted = marker + len(written)
+            yield TokenEvent(text[marker : marker + span], None, self._stage, None, unread_marker=True)
+            segment.emitted = marker + span
         if end > segment.emitted:
             yield TokenEvent(text[segment.emitted : end], None, self._stage, token_id)
             segment.emitted = end

@@ -24,6 +24,9 @@ from pbd_core.readable import text_order
         ("#### Totals\nIt is 4.", "Totals\nIt is 4."),  # a Markdown heading: its space goes too
         ("Costs #### money.", "Costs money."),
         ("####%%%% closed before any step.", "closed before any step."),  # a close marker with no block
+        ("#### %%%%\n16 times 25 is 400.", "16 times 25 is 400."),  # Qwen, with a spaced close marker
+        ("####%%%%\nIt is 400.", "It is 400."),  # the line break that would open the answer goes too
+        ("Intro.\n#### %%%%\nIt is 400.", "Intro.\n\nIt is 400."),  # after text, line breaks stay
         ("Intro.\n####A\nB\n####C\nD", "Intro.\nA\nB\nC\nD"),  # every unread marker
     ],
 )
