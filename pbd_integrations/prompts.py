@@ -52,12 +52,16 @@ PLANNING_SYSTEM_PROMPT = (
     "####%%%%\n"
     "The apple is a fruit; the carrot is not.\n"
     "Example of a single request:\n"
-    "What is 12 times 3?\n"
-    "12 times 3 is 36."
+    "A box holds 6 cups. How many cups do 4 boxes hold?\n"
+    "4 boxes hold 4 × 6 = 24 cups."
 )
 """What the adapters add to the system message by default (``plan_instructions``), so a model plans
 on the user's own prompts: the branch format only where a request splits into independent parts, with
-one example of each case (`benchmarks/quality/planning_prompts.py` measures the alternatives)."""
+one example of each case (`benchmarks/quality/planning_prompts.py` measures the alternatives).
+
+The single request is a word problem: with a multiplication there (``What is 12 times 3?``),
+Qwen2.5-Coder-0.5B planned word problems as ``Box 1`` ... ``Box 16`` (4 of 36 single prompts planned at
+512 tokens, 35 of 40 parallelizable); with the word problem, 2 of 36 and 36 of 40."""
 
 
 MODELS_WITHOUT_PLANNING_INSTRUCTIONS: frozenset[str] = frozenset({"SmolLM2-135M-Instruct"})

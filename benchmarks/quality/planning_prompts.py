@@ -42,17 +42,26 @@ def candidates() -> dict[str, str]:
     return out
 
 
+PREVIOUS_PLANNING_PROMPT = PLANNING_SYSTEM_PROMPT.replace(
+    "A box holds 6 cups. How many cups do 4 boxes hold?\n4 boxes hold 4 × 6 = 24 cups.",
+    "What is 12 times 3?\n12 times 3 is 36.",
+    1,
+)
+"""The planning instructions as shipped until git 07b5d2c (a multiplication as the single-request example):
+the drafts below are each one change of this text, as they were measured."""
+
 DRAFTS: dict[str, str] = {
+    "previous-planning-default": PREVIOUS_PLANNING_PROMPT,
     # The shipped text with one change each (so they follow it): a sentence on formats the request asks
     # for, or an example whose request asks for "Answer:" lines.
-    "format-inside": PLANNING_SYSTEM_PROMPT.replace(
+    "format-inside": PREVIOUS_PLANNING_PROMPT.replace(
         "If the request is one question",
         "A format the request asks for (such as an 'Answer:' line for each part) goes inside each step, after "
         "its title. If the request is one question",
         1,
     ),
     "format-example": (
-        PLANNING_SYSTEM_PROMPT.replace(
+        PREVIOUS_PLANNING_PROMPT.replace(
             "Which of these are fruits: apple, carrot?\n",
             "Which of these are fruits: apple, carrot? End each part with 'Answer: yes' or 'Answer: no'.\n",
             1,
@@ -96,6 +105,79 @@ DRAFTS: dict[str, str] = {
         "A car drives 60 km per hour for 2 hours. How far does it go?\n"
         "It goes 60 × 2 = 120 km."
     ),
+    # The shipped text with other examples: Qwen2.5-Coder-0.5B copied the fruit example into 5 of 76 answers
+    # (titles "Apple"/"Carrot", steps "An apple is a fruit.") and planned word problems as "Box 1".."Box 16".
+    "example-numbers": PREVIOUS_PLANNING_PROMPT.replace(
+        "Which of these are fruits: apple, carrot?\n"
+        "####Apple: An apple is a fruit.\n"
+        "####Carrot: A carrot is a vegetable.\n"
+        "####%%%%\n"
+        "The apple is a fruit; the carrot is not.\n",
+        "Which of these numbers are even: 14, 9?\n"
+        "####14: 14 = 2 × 7, so 14 is even.\n"
+        "####9: 9 is not a multiple of 2, so 9 is odd.\n"
+        "####%%%%\n"
+        "Only 14 is even.\n",
+        1,
+    ),
+    "example-records": PREVIOUS_PLANNING_PROMPT.replace(
+        "Which of these are fruits: apple, carrot?\n"
+        "####Apple: An apple is a fruit.\n"
+        "####Carrot: A carrot is a vegetable.\n"
+        "####%%%%\n"
+        "The apple is a fruit; the carrot is not.\n",
+        "Prices: pen 2 dollars, book 9 dollars. Which items cost more than 5 dollars?\n"
+        "####Pen: The pen costs 2 dollars, not more than 5.\n"
+        "####Book: The book costs 9 dollars, more than 5.\n"
+        "####%%%%\n"
+        "Only the book costs more than 5 dollars.\n",
+        1,
+    ),
+    "example-word-problem": PREVIOUS_PLANNING_PROMPT.replace(
+        "What is 12 times 3?\n12 times 3 is 36.",
+        "A box holds 6 cups. How many cups do 4 boxes hold?\n4 boxes hold 4 × 6 = 24 cups.",
+        1,
+    ),
+    "example-two-singles": PREVIOUS_PLANNING_PROMPT.replace(
+        "Example of a single request:\nWhat is 12 times 3?\n12 times 3 is 36.",
+        "Examples of single requests:\nWhat is 12 times 3?\n12 times 3 is 36.\n"
+        "A box holds 6 cups. How many cups do 4 boxes hold?\n4 boxes hold 4 × 6 = 24 cups.",
+        1,
+    ),
+    "example-numbers-word-problem": PREVIOUS_PLANNING_PROMPT.replace(
+        "Which of these are fruits: apple, carrot?\n"
+        "####Apple: An apple is a fruit.\n"
+        "####Carrot: A carrot is a vegetable.\n"
+        "####%%%%\n"
+        "The apple is a fruit; the carrot is not.\n",
+        "Which of these numbers are even: 14, 9?\n"
+        "####14: 14 = 2 × 7, so 14 is even.\n"
+        "####9: 9 is not a multiple of 2, so 9 is odd.\n"
+        "####%%%%\n"
+        "Only 14 is even.\n",
+        1,
+    ).replace(
+        "What is 12 times 3?\n12 times 3 is 36.",
+        "A box holds 6 cups. How many cups do 4 boxes hold?\n4 boxes hold 4 × 6 = 24 cups.",
+        1,
+    ),
+    "example-records-word-problem": PREVIOUS_PLANNING_PROMPT.replace(
+        "Which of these are fruits: apple, carrot?\n"
+        "####Apple: An apple is a fruit.\n"
+        "####Carrot: A carrot is a vegetable.\n"
+        "####%%%%\n"
+        "The apple is a fruit; the carrot is not.\n",
+        "Prices: pen 2 dollars, book 9 dollars. Which items cost more than 5 dollars?\n"
+        "####Pen: The pen costs 2 dollars, not more than 5.\n"
+        "####Book: The book costs 9 dollars, more than 5.\n"
+        "####%%%%\n"
+        "Only the book costs more than 5 dollars.\n",
+        1,
+    ).replace(
+        "What is 12 times 3?\n12 times 3 is 36.",
+        "A box holds 6 cups. How many cups do 4 boxes hold?\n4 boxes hold 4 × 6 = 24 cups.",
+        1,
+    ),
     "conditional-short": (
         "Only when the request lists several separate items, questions or options to handle one by one, "
         "answer in steps: for each one write '####<its name>: <the step>', then '####%%%%' and the conclusion. "
@@ -108,6 +190,27 @@ DRAFTS: dict[str, str] = {
         "The apple is a fruit; the carrot is not."
     ),
 }
+
+
+def example_phrases(system: str) -> list[str]:
+    """The example's own words a copying model repeats: each ``####title: body`` line's title and body,
+    and the direct example's answer (the line after the last request line ending in ``?``)."""
+    phrases: list[str] = []
+    lines = system.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("####") and not line.startswith("####%%%%"):
+            title, _, body = line[4:].partition(":")
+            phrases += [title.strip(), body.strip()]
+        elif line.endswith("?") and i + 1 < len(lines) and not lines[i + 1].startswith("####"):
+            phrases.append(lines[i + 1].strip())
+    return [p for p in phrases if len(p) >= 4]
+
+
+def copies_example(answer: dict[str, Any], phrases: list[str]) -> bool:
+    """Whether an answer repeats the example: a title equal to an example title, or an example sentence."""
+    titles = {t.strip().lower() for t in answer["titles"]}
+    content = answer["content"].lower()
+    return any(p.lower() in titles or (" " in p and p.lower() in content) for p in phrases)
 
 
 ENGINE_OPTIONS: dict[str, Any] = {}
@@ -172,15 +275,19 @@ def main(argv: list[str] | None = None) -> int:
         exact = sum(r["planned"] and len(r["titles"]) == r["steps"] for r in p_rows)
         multi_p = sum(r["largest_block"] >= 2 for r in p_rows)
         multi_s = sum(r["largest_block"] >= 2 for r in s_rows)
-        shown = sum("####" in r["content"] for r in rows)  # the branch format leaked into what the user reads
+        shown = sum("####" in r["content"] or "%%%%" in r["content"] for r in rows)  # the format leaked
+        phrases = example_phrases(system)
+        copied = sum(copies_example(r, phrases) for r in rows)
         summary = {"parallelizable": f"{planned_p}/{len(p_rows)}", "single": f"{planned_s}/{len(s_rows)}",
                    "answers_showing_markers": f"{shown}/{len(rows)}",
+                   "answers_copying_the_example": f"{copied}/{len(rows)}",
                    "parallelizable_two_or_more": f"{multi_p}/{len(p_rows)}", "single_two_or_more": f"{multi_s}/{len(s_rows)}",
                    "plans_with_the_right_step_count": exact, "seconds": round(time.perf_counter() - t0, 1)}
         report["candidates"][name] = {"system": system, "summary": summary, "rows": rows}
         print(f"{decoder.model_name} [{name}]: planned {summary['parallelizable']} parallelizable, "
               f"{summary['single']} single (with 2 or more branches: {multi_p} and {multi_s}); {exact} plans with "
-              f"the task's step count; {shown} answers show '####' ({summary['seconds']} s)",
+              f"the task's step count; {shown} answers show '####' or '%%%%', {copied} copy the example "
+              f"({summary['seconds']} s)",
               flush=True)
         for r in s_rows:
             if r["planned"]:
