@@ -33,7 +33,9 @@ the rendered one with ``：``), the ``####%%%%`` it wrote after a block, and
 whitespace around them; and one thing the model wrote: a ``####`` the engine
 read as the start of a plan but could not read a title after
 (`TokenEvent.unread_marker`: ``####Mia has 79 dollars. ...`` with no ``:``,
-or ``#### Totals`` then a line break), which goes with the spaces after it.
+or ``#### Totals`` then a line break; a close marker where no block is open,
+``#### %%%%``, goes whole), which goes with the spaces after it (and with the
+line break after it when nothing visible comes before).
 Other text the model wrote outside the engine's steps (an intro, a
 conclusion, a plain answer, JSON, a tool call) is kept byte for byte, so an
 answer without branches or markers is unchanged and structured output parses

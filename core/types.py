@@ -145,8 +145,9 @@ class TokenEvent:
     unread_marker: bool = False
     """True for a ``####`` the model wrote that opened no plan (no title could be read after it: a line
     break, 120 characters or the end of the answer came before ``:``; or the answer had planned its last
-    block, `pbd_core.stages.MAX_BLOCKS`). It stays in the raw text; the readable text leaves it out
-    (`pbd_core.readable`)."""
+    block, `pbd_core.stages.MAX_BLOCKS`). A close marker written where no block is open (``####%%%%``,
+    ``#### %%%%``) is one such event, whole (`pbd_core.plan_format.unread_marker_span`). It stays in the
+    raw text; the readable text leaves it out (`pbd_core.readable`)."""
 
 
 @dataclass
