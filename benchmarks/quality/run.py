@@ -106,11 +106,19 @@ def machine_info() -> dict[str, Any]:
 # --------------------------------------------------------------------------- one request
 
 
+LIST_STEPS_IN_PROMPT = False
+"""``--list-steps``: a lever measured and not shipped (an ordering cue for branches, as sequential steps
+have): the task's step titles follow its prompt as a plain list, ``Steps:`` then ``- <title>`` lines."""
+
+
 def given_messages(task: dict) -> list[dict[str, str]]:
     """What both caller-given runs see: the shipped system prompt and the task (as ``pbd bench`` does)."""
     from pbd_integrations.prompts import PARALLEL_SYSTEM_PROMPT
 
-    return [{"role": "system", "content": PARALLEL_SYSTEM_PROMPT}, {"role": "user", "content": task["prompt"]}]
+    prompt = task["prompt"]
+    if LIST_STEPS_IN_PROMPT:
+        prompt += "\n\nSteps:\n" + "\n".join(f"- {step['title']}" for step in task["steps"])
+    return [{"role": "system", "content": PARALLEL_SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
 
 
 ENGINE_OPTIONS: dict[str, Any] = {}
@@ -538,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["timing", "given", "selfplan", "planned"])
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="engine_options",
                         help="an engine option for every request (JSON value, e.g. --set plan_in_view=true); repeatable")
+    parser.add_argument("--list-steps", action="store_true",
+                        help="caller-given phases: list the step titles after the task's prompt (a lever)")
     parser.add_argument("--out", default=None, help="results JSON (default results/<model>.json); .md beside it")
     parser.add_argument("--rescore", default=None, metavar="RESULTS_JSON",
                         help="no decoding: re-score the saved step texts of a results file with the current scorer, "
@@ -546,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.rescore:
         return rescore(Path(args.rescore))
 
+    global LIST_STEPS_IN_PROMPT
+    LIST_STEPS_IN_PROMPT = args.list_steps
     for item in args.engine_options:
         name, _, value = item.partition("=")
         try:
@@ -602,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
                    "branch_tokens": T.BRANCH_TOKENS, "conclusion_tokens": T.CONCLUSION_TOKENS,
                    "single_tokens": T.SINGLE_TOKENS, "temperature": 0.0, "merge": "engine default",
                    "planned_max_tokens": args.planned_tokens, "engine_options": dict(ENGINE_OPTIONS),
+                   "steps_listed_in_prompt": LIST_STEPS_IN_PROMPT,
                    "planned_path": f"ChatParallelBranch(model=decoder, temperature=0).invoke(prompt, "
                                    f"max_tokens={args.planned_tokens}, max_branch_tokens={T.BRANCH_TOKENS}); planned = "
                                    "response_metadata['parallel']"},
