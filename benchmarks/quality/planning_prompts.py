@@ -42,11 +42,37 @@ def candidates() -> dict[str, str]:
     return out
 
 
-PREVIOUS_PLANNING_PROMPT = PLANNING_SYSTEM_PROMPT.replace(
-    "A box holds 6 cups. How many cups do 4 boxes hold?\n4 boxes hold 4 × 6 = 24 cups.",
-    "What is 12 times 3?\n12 times 3 is 36.",
-    1,
+_FRUIT_EXAMPLE = (
+    "Which of these are fruits: apple, carrot?\n"
+    "####Apple: An apple is a fruit.\n"
+    "####Carrot: A carrot is a vegetable.\n"
+    "####%%%%\n"
+    "The apple is a fruit; the carrot is not.\n"
 )
+_NUMBERS_EXAMPLE = (
+    "Which of these numbers are even: 14, 9?\n"
+    "####14: 14 = 2 × 7, so 14 is even.\n"
+    "####9: 9 is not a multiple of 2, so 9 is odd.\n"
+    "####%%%%\n"
+    "Only 14 is even.\n"
+)
+_RECORDS_EXAMPLE = (
+    "Prices: pen 2 dollars, book 9 dollars. Which items cost more than 5 dollars?\n"
+    "####Pen: The pen costs 2 dollars, not more than 5.\n"
+    "####Book: The book costs 9 dollars, more than 5.\n"
+    "####%%%%\n"
+    "Only the book costs more than 5 dollars.\n"
+)
+_MULTIPLICATION_EXAMPLE = "What is 12 times 3?\n12 times 3 is 36."
+_WORD_PROBLEM_EXAMPLE = "A box holds 6 cups. How many cups do 4 boxes hold?\n4 boxes hold 4 × 6 = 24 cups."
+
+
+def _with_examples(parts: str = _FRUIT_EXAMPLE, single: str = _MULTIPLICATION_EXAMPLE) -> str:
+    """The previous planning instructions with other examples (of a request with parts, of a single one)."""
+    return PREVIOUS_PLANNING_PROMPT.replace(_FRUIT_EXAMPLE, parts, 1).replace(_MULTIPLICATION_EXAMPLE, single, 1)
+
+
+PREVIOUS_PLANNING_PROMPT = PLANNING_SYSTEM_PROMPT.replace(_WORD_PROBLEM_EXAMPLE, _MULTIPLICATION_EXAMPLE, 1)
 """The planning instructions as shipped until git 07b5d2c (a multiplication as the single-request example):
 the drafts below are each one change of this text, as they were measured."""
 
@@ -107,77 +133,14 @@ DRAFTS: dict[str, str] = {
     ),
     # The shipped text with other examples: Qwen2.5-Coder-0.5B copied the fruit example into 5 of 76 answers
     # (titles "Apple"/"Carrot", steps "An apple is a fruit.") and planned word problems as "Box 1".."Box 16".
-    "example-numbers": PREVIOUS_PLANNING_PROMPT.replace(
-        "Which of these are fruits: apple, carrot?\n"
-        "####Apple: An apple is a fruit.\n"
-        "####Carrot: A carrot is a vegetable.\n"
-        "####%%%%\n"
-        "The apple is a fruit; the carrot is not.\n",
-        "Which of these numbers are even: 14, 9?\n"
-        "####14: 14 = 2 × 7, so 14 is even.\n"
-        "####9: 9 is not a multiple of 2, so 9 is odd.\n"
-        "####%%%%\n"
-        "Only 14 is even.\n",
-        1,
+    "example-numbers": _with_examples(parts=_NUMBERS_EXAMPLE),
+    "example-records": _with_examples(parts=_RECORDS_EXAMPLE),
+    "example-word-problem": _with_examples(single=_WORD_PROBLEM_EXAMPLE),
+    "example-two-singles": _with_examples(single=_MULTIPLICATION_EXAMPLE + "\n" + _WORD_PROBLEM_EXAMPLE).replace(
+        "Example of a single request:", "Examples of single requests:", 1
     ),
-    "example-records": PREVIOUS_PLANNING_PROMPT.replace(
-        "Which of these are fruits: apple, carrot?\n"
-        "####Apple: An apple is a fruit.\n"
-        "####Carrot: A carrot is a vegetable.\n"
-        "####%%%%\n"
-        "The apple is a fruit; the carrot is not.\n",
-        "Prices: pen 2 dollars, book 9 dollars. Which items cost more than 5 dollars?\n"
-        "####Pen: The pen costs 2 dollars, not more than 5.\n"
-        "####Book: The book costs 9 dollars, more than 5.\n"
-        "####%%%%\n"
-        "Only the book costs more than 5 dollars.\n",
-        1,
-    ),
-    "example-word-problem": PREVIOUS_PLANNING_PROMPT.replace(
-        "What is 12 times 3?\n12 times 3 is 36.",
-        "A box holds 6 cups. How many cups do 4 boxes hold?\n4 boxes hold 4 × 6 = 24 cups.",
-        1,
-    ),
-    "example-two-singles": PREVIOUS_PLANNING_PROMPT.replace(
-        "Example of a single request:\nWhat is 12 times 3?\n12 times 3 is 36.",
-        "Examples of single requests:\nWhat is 12 times 3?\n12 times 3 is 36.\n"
-        "A box holds 6 cups. How many cups do 4 boxes hold?\n4 boxes hold 4 × 6 = 24 cups.",
-        1,
-    ),
-    "example-numbers-word-problem": PREVIOUS_PLANNING_PROMPT.replace(
-        "Which of these are fruits: apple, carrot?\n"
-        "####Apple: An apple is a fruit.\n"
-        "####Carrot: A carrot is a vegetable.\n"
-        "####%%%%\n"
-        "The apple is a fruit; the carrot is not.\n",
-        "Which of these numbers are even: 14, 9?\n"
-        "####14: 14 = 2 × 7, so 14 is even.\n"
-        "####9: 9 is not a multiple of 2, so 9 is odd.\n"
-        "####%%%%\n"
-        "Only 14 is even.\n",
-        1,
-    ).replace(
-        "What is 12 times 3?\n12 times 3 is 36.",
-        "A box holds 6 cups. How many cups do 4 boxes hold?\n4 boxes hold 4 × 6 = 24 cups.",
-        1,
-    ),
-    "example-records-word-problem": PREVIOUS_PLANNING_PROMPT.replace(
-        "Which of these are fruits: apple, carrot?\n"
-        "####Apple: An apple is a fruit.\n"
-        "####Carrot: A carrot is a vegetable.\n"
-        "####%%%%\n"
-        "The apple is a fruit; the carrot is not.\n",
-        "Prices: pen 2 dollars, book 9 dollars. Which items cost more than 5 dollars?\n"
-        "####Pen: The pen costs 2 dollars, not more than 5.\n"
-        "####Book: The book costs 9 dollars, more than 5.\n"
-        "####%%%%\n"
-        "Only the book costs more than 5 dollars.\n",
-        1,
-    ).replace(
-        "What is 12 times 3?\n12 times 3 is 36.",
-        "A box holds 6 cups. How many cups do 4 boxes hold?\n4 boxes hold 4 × 6 = 24 cups.",
-        1,
-    ),
+    "example-numbers-word-problem": _with_examples(parts=_NUMBERS_EXAMPLE, single=_WORD_PROBLEM_EXAMPLE),
+    "example-records-word-problem": _with_examples(parts=_RECORDS_EXAMPLE, single=_WORD_PROBLEM_EXAMPLE),
     "conditional-short": (
         "Only when the request lists several separate items, questions or options to handle one by one, "
         "answer in steps: for each one write '####<its name>: <the step>', then '####%%%%' and the conclusion. "
