@@ -10,7 +10,9 @@ greedy, ``max_tokens=64`` (a plan comes first; a title list cut short is still a
 planned when the engine decoded a parallel block (``response_metadata["parallel"]``). Printed per
 candidate: the planning rate on parallelizable prompts (want high) and on single prompts (want low), and
 how many plans had as many titles as the task has steps. Answers whose largest block has two or more branches
-are counted apart: a block of one branch decodes exactly as plain text would, so nothing runs in parallel. ``--json`` keeps every answer.
+are counted apart: a block of one branch decodes exactly as plain text would, so nothing runs in parallel.
+Also counted: answers whose readable text shows the format (``####`` or ``%%%%``) and answers that copy the
+candidate's own example (a title or sentence of it, `copies_example`). ``--json`` keeps every answer.
 """
 
 from __future__ import annotations
