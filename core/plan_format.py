@@ -147,7 +147,7 @@ def read_title(text: str) -> TitleRead:
     return TitleRead("title", title)
 
 
-_UNREAD_CLOSE = re.compile(r"####[ \t]*%%%%")
+_UNREAD_CLOSE = re.compile(re.escape(STEP_MARKER) + r"[ \t]*" + re.escape(CLOSE_TAIL))  # ``#### %%%%`` too
 
 
 def unread_marker_span(text: str, marker: int, end: int) -> int | None:
