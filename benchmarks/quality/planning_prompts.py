@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import tasks as T  # noqa: E402
+from pbd_core.plan_format import CLOSE_MARKER, STEP_MARKER  # noqa: E402
 from pbd_integrations.prompts import PLANNING_SYSTEM_PROMPT  # noqa: E402
 
 
@@ -163,10 +164,10 @@ def example_phrases(system: str) -> list[str]:
     phrases: list[str] = []
     lines = system.splitlines()
     for i, line in enumerate(lines):
-        if line.startswith("####") and not line.startswith("####%%%%"):
-            title, _, body = line[4:].partition(":")
+        if line.startswith(STEP_MARKER) and not line.startswith(CLOSE_MARKER):
+            title, _, body = line[len(STEP_MARKER) :].partition(":")
             phrases += [title.strip(), body.strip()]
-        elif line.endswith("?") and i + 1 < len(lines) and not lines[i + 1].startswith("####"):
+        elif line.endswith("?") and i + 1 < len(lines) and not lines[i + 1].startswith(STEP_MARKER):
             phrases.append(lines[i + 1].strip())
     return [p for p in phrases if len(p) >= 4]
 
